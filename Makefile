@@ -1,0 +1,25 @@
+# make test: create .venv when missing, install mmnet with its test extras, run the tests.
+# make demo: the same install, then synthesise a dataset, train a tiny MMNet on CPU, evaluate it
+#            and write runs/demo/report.md with pictures.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The torch build to install; override for another accelerator, e.g. TORCH="torch torchvision".
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs/demo

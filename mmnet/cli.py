@@ -1,0 +1,76 @@
+"""The ``mmnet`` command: one sub-command per task, each importing its work only when run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmnet.errors import MMNetError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings to override, e.g. model.num_queries=8")
+
+
+def _info(args) -> int:
+    from mmnet.info import run_info
+
+    return run_info(args)
+
+
+def _data_synth(args) -> int:
+    from mmnet.data.synth import run_synth
+
+    return run_synth(args)
+
+
+def _data_check(args) -> int:
+    from mmnet.data.check import run_check
+
+    return run_check(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmnet", description="MMNet: Multi-Mask Network for Referring Image Segmentation")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="parameters per part and GFLOPs of one forward pass")
+    _add_config_args(info)
+    info.add_argument("--json", help="also write the figures to this JSON file")
+    info.set_defaults(func=_info)
+
+    data = commands.add_parser("data", help="build or check a dataset")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    synth = data_commands.add_parser("synth", help="write a synthetic referring dataset in the refer layout")
+    synth.add_argument("--out", required=True, help="root folder to write (the data.root of a config)")
+    synth.add_argument("--name", default="synthref", help="dataset folder name under --out")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--images", type=int, nargs=4, default=[400, 50, 50, 50], metavar=("TRAIN", "VAL", "TESTA", "TESTB"), help="images per split")
+    synth.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="image size in pixels")
+    synth.set_defaults(func=_data_synth)
+
+    check = data_commands.add_parser("check", help="check a dataset in the refer layout and count it")
+    check.add_argument("--root", required=True)
+    check.add_argument("--dataset", required=True)
+    check.add_argument("--split-by", required=True)
+    check.add_argument("--image-dir", help="images folder (default <root>/images/train2014)")
+    check.set_defaults(func=_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MMNetError as err:
+        print(f"mmnet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

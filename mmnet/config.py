@@ -1,0 +1,234 @@
+"""The one configuration type of the project: model, data, training and evaluation settings.
+
+A configuration is a tree of dataclasses. It is read from YAML (a file may name a ``base`` file
+whose settings it extends) and overridden from the command line as ``key.sub=value``, where the
+value is parsed as YAML (``true``, ``8``, ``1e-5``, ``null``). Unknown keys and values of the
+wrong type are refused with an error that names the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from mmnet.errors import MMNetError
+
+
+class ConfigError(MMNetError, ValueError):
+    """A configuration file or override that cannot be used as it is."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "RN50"
+    """CLIP tower by open_clip name: RN50, RN101, ViT-B-16, ViT-L-14, or the tiny RN-tiny, ViT-tiny."""
+    clip_weights: Optional[str] = None
+    """Pretrained CLIP weights: a local file (OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors)
+    or an open_clip pretrained tag such as ``openai`` (downloads). None keeps random weights."""
+    quick_gelu: bool = True
+    """QuickGELU activations in the CLIP towers; OpenAI's weights were trained with it."""
+    image_size: int = 480
+    """Side of the square network input; the model is built for this one size (W_vd, Eq. 9)."""
+    context_length: int = 17
+    """L, tokens per expression with [SOS] and [EOS]: 17 for RefCOCO/RefCOCO+, 22 for G-Ref."""
+    hidden_dim: int = 512
+    """C, the width of the fusion neck, query generator, decoder and heads."""
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    decoder_layers: int = 3
+    dropout: float = 0.1
+    num_queries: int = 24
+    """N_q, the number of generated queries and masks (Table 2)."""
+    multi_mask: bool = True
+    """Off: the scores weight the queries into one query that makes one mask (Table 3, w/o MMP)."""
+    estimator: bool = True
+    """Off: the masks are averaged with equal weights (Table 4, w/o MQE)."""
+    global_visual: bool = True
+    """Off: F_t stands where F_tv would be, without the global visual feature (Table 4, w/o f_vg)."""
+
+    def validate(self) -> None:
+        if self.num_queries < 1:
+            raise ConfigError(f"model.num_queries must be at least 1, got {self.num_queries}")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_dim ({self.hidden_dim}) must be a multiple of model.num_heads ({self.num_heads})"
+            )
+        if self.hidden_dim % 4:
+            raise ConfigError(f"model.hidden_dim must be a multiple of 4, got {self.hidden_dim}")
+        if self.context_length < 2:
+            raise ConfigError(f"model.context_length must hold [SOS] and [EOS], got {self.context_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"
+    """Folder in the `refer` layout: <root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/instances.json."""
+    dataset: str = "refcoco"
+    """refcoco, refcoco+, refcocog, or the folder name of a synthetic set under root."""
+    split_by: str = "unc"
+    """unc for RefCOCO/RefCOCO+, umd or google for G-Ref."""
+    image_dir: Optional[str] = None
+    """Images; None means <root>/images/train2014."""
+    train_split: str = "train"
+    val_split: str = "val"
+    num_workers: int = 4
+    cache_dir: Optional[str] = None
+    """Where the parsed index is cached; None means <root>/<dataset>/cache."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    """Samples per optimizer step over all processes; gradients accumulate to reach it."""
+    micro_batch_size: Optional[int] = None
+    """Samples per forward pass in one process; None means batch_size / world size."""
+    lr: float = 1e-5
+    backbone_lr_mult: float = 1.0
+    lr_power: float = 0.9
+    """Exponent of the polynomial decay of the learning rate."""
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value; 0 disables clipping."""
+    bf16: bool = True
+    """bf16 autocast when training on a GPU (ignored on CPU)."""
+    seed: int = 0
+    output_dir: str = "runs/mmnet"
+    log_every: int = 20
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    threshold: float = 0.35
+    """Probability above which a pixel belongs to the object."""
+    batch_size: int = 16
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        return self
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
+    """Checks ``value`` against the annotated type ``kind``; converts only where no meaning is lost."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, source)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
+        return _build(kind, value, key, source)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{source}: '{key}' must be of type {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str, source: str):
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        where = f"'{prefix}.{unknown[0]}'" if prefix else f"'{unknown[0]}'"
+        raise ConfigError(f"{source}: unknown setting {where}; known here: {', '.join(types_)}")
+    kwargs = {}
+    for name, kind in types_.items():
+        if name in values:
+            kwargs[name] = _coerce(values[name], kind, f"{prefix}.{name}" if prefix else name, source)
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml((path.parent / base).resolve())
+    _merge(merged, data)
+    return merged
+
+
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.num_queries=8"`` -> (["model", "num_queries"], 8)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def config_from_dict(values: dict, source: str = "config") -> Config:
+    return _build(Config, values, "", source).validate()
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Reads a YAML file (or starts from the defaults) and applies ``key.sub=value`` overrides."""
+    values: dict = _read_yaml(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else "defaults"
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{k}' is not a section")
+        node[keys[-1]] = value
+        source = f"{source} + overrides"
+    return config_from_dict(values, source)
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
