@@ -1,0 +1,58 @@
+"""Builds MMNet from a model config: the CLIP towers by name, the heads at the configured sizes."""
+
+from __future__ import annotations
+
+from mmnet.config import ModelConfig
+from mmnet.modeling.clip import create_clip, is_resnet
+from mmnet.modeling.decoder import VisionLanguageDecoder
+from mmnet.modeling.fusion_neck import FusionNeck
+from mmnet.modeling.image_encoder import ResNetImageEncoder, ViTImageEncoder
+from mmnet.modeling.mask_decoder import MultiMaskProjector, MultiQueryEstimator
+from mmnet.modeling.mmnet import MMNet
+from mmnet.modeling.query_generator import MultiQueryGenerator
+from mmnet.modeling.text_encoder import TextEncoder
+
+
+def build_mmnet(config: ModelConfig, *, load_clip_weights: bool = True) -> MMNet:
+    """MMNet for ``config``; with ``load_clip_weights`` (and ``config.clip_weights`` set) the
+    towers start from the pretrained CLIP weights, otherwise from random ones."""
+    config.validate()
+    if not load_clip_weights:
+        config = ModelConfig(**{**vars(config), "clip_weights": None})
+    clip = create_clip(config)
+    dim = config.hidden_dim
+    if is_resnet(clip):
+        image_encoder = ResNetImageEncoder(tower=clip.visual, dim=dim, with_global=config.global_visual)
+        grid = config.image_size // 16
+    else:
+        image_encoder = ViTImageEncoder(tower=clip.visual, dim=dim, with_global=config.global_visual)
+        grid = config.image_size // clip.visual.patch_size[0]
+    text_encoder = TextEncoder(clip=clip)
+    query_generator = MultiQueryGenerator(
+        dense_neck=FusionNeck(dim=dim),
+        dim=dim,
+        text_dim=text_encoder.width,
+        num_queries=config.num_queries,
+        num_pixels=grid * grid,
+        global_visual=config.global_visual,
+    )
+    use_estimator = config.estimator and config.num_queries > 1
+    return MMNet(
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+        fusion_neck=FusionNeck(dim=dim, text_dim=text_encoder.output_dim),
+        query_generator=query_generator,
+        decoder=VisionLanguageDecoder(
+            dim=dim,
+            num_layers=config.decoder_layers,
+            num_heads=config.num_heads,
+            ffn_dim=config.ffn_dim,
+            dropout=config.dropout,
+        ),
+        projector=MultiMaskProjector(dim=dim),
+        estimator=MultiQueryEstimator(dim=dim, num_heads=config.num_heads, dropout=config.dropout) if use_estimator else None,
+        image_size=config.image_size,
+        context_length=config.context_length,
+        num_queries=config.num_queries,
+        multi_mask=config.multi_mask,
+    )

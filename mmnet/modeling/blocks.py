@@ -1,0 +1,70 @@
+"""Small building blocks shared by the parts of MMNet."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn_relu(in_dim: int, out_dim: int, kernel_size: int = 1) -> nn.Sequential:
+    """sigma(X W) of the paper for feature maps: a convolution, batch norm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_dim),
+        nn.ReLU(inplace=True),
+    )
+
+
+def linear_relu(in_dim: int, out_dim: int) -> nn.Sequential:
+    """sigma(X W) of the paper for vectors and token sequences."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(inplace=True))
+
+
+def coordinates(batch: int, height: int, width: int, *, like: torch.Tensor) -> torch.Tensor:
+    """F_coord of Eq. 5: B x 2 x H x W, the x and y of each cell's centre, normalised to [-1, 1]."""
+    ys = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
+    xs = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y]).expand(batch, 2, height, width)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with its own query, key and value projections, computed by
+    scaled_dot_product_attention (Eq. 12)."""
+
+    def __init__(self, dim: int, num_heads: int, *, dropout: float = 0.0) -> None:
+        """
+        Args:
+            dim: width of queries, keys, values and output.
+            num_heads: heads; dim must be a multiple of it.
+            dropout: dropout on the attention weights while training.
+        """
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            query: B x Nq x C.
+            key, value: B x Nk x C.
+        Returns:
+            B x Nq x C.
+        """
+        batch, length, dim = query.shape
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q_proj(query)),
+            self._heads(self.k_proj(key)),
+            self._heads(self.v_proj(value)),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))

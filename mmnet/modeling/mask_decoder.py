@@ -1,0 +1,67 @@
+"""Mask Decoder (Sec. 3.4): the Multi-Mask Projector makes one mask per query (Eq. 14) and the
+Multi-Query Estimator scores the queries (Eq. 15)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmnet.modeling.blocks import Attention
+
+
+class MultiMaskProjector(nn.Module):
+    """Upsamples F_s to F_p (stride 4) and convolves it with a 3 x 3 kernel and a bias made from
+    each query (dynamic convolution), all queries of all images in one grouped convolution."""
+
+    def __init__(self, *, dim: int) -> None:
+        """
+        Args:
+            dim: C; F_p has C_p = C / 2 channels.
+        """
+        super().__init__()
+        self.pixel_dim = dim // 2
+        # F_p stays signed (no ReLU): the kernels are ReLU'd (Eq. 14), so negative mask logits
+        # must come from negative features.
+        self.pixel = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(dim, self.pixel_dim, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(self.pixel_dim),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+        )
+        self.kernel = nn.Linear(dim, 9 * self.pixel_dim + 1)  # W_p
+
+    def forward(self, f_s: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            f_s: B x C x H3 x W3, the decoder's output.
+            queries: B x M x C, one mask per query.
+        Returns:
+            B x M x 4H3 x 4W3 mask logits.
+        """
+        f_p = self.pixel(f_s)  # Eq. 14
+        batch, channels, height, width = f_p.shape
+        count = queries.shape[1]
+        params = F.relu(self.kernel(queries))  # Eq. 14: F_pn = sigma(W_p F_qn)
+        weight = params[..., :-1].reshape(batch * count, channels, 3, 3)
+        bias = params[..., -1].reshape(batch * count)
+        masks = F.conv2d(f_p.reshape(1, batch * channels, height, width), weight, bias, padding=1, groups=batch)
+        return masks.view(batch, count, height, width)
+
+
+class MultiQueryEstimator(nn.Module):
+    """Scores each query in the context of the others: S_q = softmax(W_s MHSA(F_q)) (Eq. 15)."""
+
+    def __init__(self, *, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = Attention(dim, num_heads, dropout=dropout)
+        self.score = nn.Linear(dim, 1)  # W_s
+
+    def forward(self, f_q: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            f_q: B x N_q x C.
+        Returns:
+            S_q: B x N_q, summing to 1 over the queries.
+        """
+        return self.score(self.attn(f_q, f_q, f_q)).squeeze(-1).softmax(dim=-1)  # Eq. 15

@@ -1,0 +1,127 @@
+"""MMNet (Figure 3): wires the parts together and sums the scored masks (Eq. 16)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mmnet.errors import MMNetError
+from mmnet.modeling.decoder import VisionLanguageDecoder
+from mmnet.modeling.fusion_neck import FusionNeck
+from mmnet.modeling.image_encoder import ImageEncoder, VisualFeatures
+from mmnet.modeling.mask_decoder import MultiMaskProjector, MultiQueryEstimator
+from mmnet.modeling.query_generator import MultiQueryGenerator
+from mmnet.modeling.text_encoder import TextEncoder
+
+
+class MMNet(nn.Module):
+    """Multi-Mask Network: an image and an expression in, the referred object's mask logits out."""
+
+    def __init__(
+        self,
+        *,
+        image_encoder: ImageEncoder,
+        text_encoder: TextEncoder,
+        fusion_neck: FusionNeck,
+        query_generator: MultiQueryGenerator,
+        decoder: VisionLanguageDecoder,
+        projector: MultiMaskProjector,
+        estimator: Optional[MultiQueryEstimator],
+        image_size: int,
+        context_length: int,
+        num_queries: int,
+        multi_mask: bool,
+    ) -> None:
+        """
+        Args:
+            image_encoder: CLIP image tower with its projections (Sec. 3.1).
+            text_encoder: CLIP text transformer (Sec. 3.1).
+            fusion_neck: Eq. 2-5.
+            query_generator: Eq. 6-10.
+            decoder: Eq. 11-13.
+            projector: Eq. 14.
+            estimator: Eq. 15; None weights the queries equally ("w/o MQE"), and is the only
+                choice for a single query.
+            image_size: side of the square input the model was built for.
+            context_length: L, tokens per expression.
+            num_queries: N_q.
+            multi_mask: one mask per query (Eq. 14, 16); off, the scores weight the queries into a
+                single query that makes a single mask ("w/o MMP").
+        """
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.fusion_neck = fusion_neck
+        self.query_generator = query_generator
+        self.decoder = decoder
+        self.projector = projector
+        self.estimator = estimator
+        self.image_size = image_size
+        self.context_length = context_length
+        self.num_queries = num_queries
+        self.multi_mask = multi_mask
+
+    def encode_image(self, images: torch.Tensor) -> VisualFeatures:
+        """
+        Args:
+            images: B x 3 x S x S, CLIP-normalised, S = ``image_size``.
+        Returns:
+            the projected visual features, which ``decode`` can reuse for many expressions.
+        """
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size, self.image_size):
+            raise MMNetError(
+                f"images must be B x 3 x {self.image_size} x {self.image_size} (model.image_size={self.image_size}), "
+                f"got {tuple(images.shape)}; letterbox them with mmnet.data.transforms first"
+            )
+        return self.image_encoder(images)
+
+    def decode(self, visual: VisualFeatures, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            visual: from ``encode_image``, for B images, or for one image shared by all expressions.
+            tokens: B x L token ids of the expressions.
+        Returns:
+            ``logits``: B x 1 x 4H3 x 4W3, the final mask logits y (Eq. 16);
+            ``query_masks``: B x N_q x 4H3 x 4W3 logits of each query's mask (B x 1 x ... without MMP);
+            ``query_scores``: B x N_q, S_q (Eq. 15), summing to 1;
+            ``word_attention``: B x N_q x L, A (Eq. 9), 0 on padding and summing to 1 over words.
+        """
+        if tokens.ndim != 2 or tokens.shape[1] != self.context_length:
+            raise MMNetError(
+                f"tokens must be B x {self.context_length} (model.context_length={self.context_length}), "
+                f"got {tuple(tokens.shape)}; tokenize with mmnet.data.tokenizer.tokenize(texts, {self.context_length})"
+            )
+        batch = tokens.shape[0]
+        if visual.f_v3.shape[0] == 1 and batch > 1:
+            visual = VisualFeatures(*(f.expand(batch, *f.shape[1:]) if f is not None else None for f in visual))
+        elif visual.f_v3.shape[0] != batch:
+            raise MMNetError(f"{visual.f_v3.shape[0]} images but {batch} expressions")
+
+        f_t, f_tg, padding = self.text_encoder(tokens)
+        f_ot = self.fusion_neck(visual.f_v2, visual.f_v3, visual.f_v4, f_tg)
+        height, width = f_ot.shape[-2:]
+        f_q, word_attention = self.query_generator(visual, f_t, padding)
+        f_s = self.decoder(f_ot.flatten(2).transpose(1, 2), f_q, (height, width))  # flatten of Eq. 5
+        if self.estimator is not None:
+            scores = self.estimator(f_q)
+        else:
+            scores = f_q.new_full((batch, self.num_queries), 1.0 / self.num_queries)
+        if self.multi_mask:
+            query_masks = self.projector(f_s, f_q)
+            logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16
+        else:
+            query_masks = self.projector(f_s, (scores[:, :, None] * f_q).sum(dim=1, keepdim=True))
+            logits = query_masks
+        return {"logits": logits, "query_masks": query_masks, "query_scores": scores, "word_attention": word_attention}
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """
+        Args:
+            images: B x 3 x S x S, CLIP-normalised.
+            tokens: B x L.
+        Returns:
+            the dict of ``decode``.
+        """
+        return self.decode(self.encode_image(images), tokens)

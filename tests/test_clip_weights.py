@@ -1,0 +1,193 @@
+"""CLIP towers: equal to open_clip on the same weights, and loaded from every real file format."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import convert_weights_to_lp
+from safetensors.torch import save_file
+
+from conftest import tiny_model_config, tokens_for
+from mmnet.build import build_mmnet
+from mmnet.weights import WeightsError
+
+TEXTS = ["the blue triangle", "a man in a red shirt holding a very long umbrella by the door"]
+
+
+def reference_clip(backbone: str) -> open_clip.CLIP:
+    """A randomly initialised CLIP at its native size (224, 77 tokens), as open_clip builds it."""
+    clip = open_clip.create_model(backbone, pretrained=None, force_quick_gelu=True).eval()
+    with torch.no_grad():
+        for name, p in clip.named_parameters():
+            if name.endswith("bn3.weight"):  # open_clip zero-initialises these; pretrained ones are not zero
+                p.normal_(1.0, 0.1)
+    return clip
+
+
+def round_like_openai(clip: open_clip.CLIP) -> open_clip.CLIP:
+    """Rounds the tensors that OpenAI stores in float16 to float16 precision, keeping float32."""
+    half = copy.deepcopy(clip)
+    convert_weights_to_lp(half, dtype=torch.float16)
+    rounded = {k: v.float() for k, v in half.state_dict().items()}
+    clip.load_state_dict(rounded)
+    return clip
+
+
+def write_openai_archive(clip: open_clip.CLIP, path: Path) -> None:
+    """A TorchScript archive laid out like OpenAI's RN50.pt / ViT-B-16.pt: the traced CLIP, its
+    weights under the same names, the float16 ones in float16, and the three integer buffers."""
+    model = copy.deepcopy(clip).eval()
+    for name, value in (("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)):
+        if hasattr(model, name):
+            delattr(model, name)  # open_clip keeps these as plain ints; OpenAI's archives hold tensors
+        model.register_buffer(name, torch.tensor(value))
+    traced = torch.jit.trace(model, (torch.randn(1, 3, 224, 224), tokens_for(["a"], 77)), check_trace=False)
+    half = copy.deepcopy(clip)
+    convert_weights_to_lp(half, dtype=torch.float16)
+    half_names = {k for k, v in half.state_dict().items() if v.dtype == torch.float16}
+    with torch.no_grad():
+        for name, p in traced.named_parameters():
+            if name in half_names:
+                p.data = p.data.half()
+    traced.save(str(path))
+
+
+def mmnet_on(weights: Path, backbone: str, **changes):
+    return build_mmnet(tiny_model_config(backbone, clip_weights=str(weights), **changes)).eval()
+
+
+@pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
+def test_global_features_equal_open_clip_encoders_at_native_size(tmp_path, backbone):
+    clip = reference_clip(backbone)
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    model = mmnet_on(tmp_path / "clip.pt", backbone, image_size=224)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        z_bar = model.image_encoder.clip_features(images)[3]
+        _, f_tg, _ = model.text_encoder(tokens_for(TEXTS, 17))
+        torch.testing.assert_close(z_bar, clip.encode_image(images), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(f_tg, clip.encode_text(tokens_for(TEXTS, 77)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
+def test_openai_archive_open_clip_state_dict_and_safetensors_load_identical_weights(tmp_path, backbone):
+    clip = round_like_openai(reference_clip(backbone))
+    write_openai_archive(clip, tmp_path / "openai.pt")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}}, tmp_path / "open_clip.pt")
+    save_file(clip.state_dict(), str(tmp_path / "open_clip.safetensors"))
+
+    archive = torch.jit.load(str(tmp_path / "openai.pt")).state_dict()
+    assert archive["visual.conv1.weight"].dtype == torch.float16  # the archive really is half precision
+    assert "input_resolution" in archive
+
+    loaded = [mmnet_on(tmp_path / name, backbone) for name in ("openai.pt", "open_clip.pt", "open_clip.safetensors")]
+    towers = [
+        {k: v for k, v in m.state_dict().items() if k.startswith(("image_encoder.tower.", "text_encoder."))} for m in loaded
+    ]
+    assert len(towers[0]) > 20
+    for other in towers[1:]:
+        assert towers[0].keys() == other.keys()
+        for key in towers[0]:
+            assert torch.equal(towers[0][key], other[key]), key
+    # The weights really came from the file (not a fresh random init).
+    assert torch.equal(towers[0]["text_encoder.token_embedding.weight"], clip.token_embedding.weight)
+
+
+def test_position_embeddings_are_resized_to_the_working_grid_and_length(tmp_path):
+    clip = reference_clip("RN-tiny")
+    table = clip.visual.attnpool.positional_embedding  # 1 + 7 * 7 rows at 224
+    with torch.no_grad():
+        table[1:] = torch.randn(1, table.shape[1])  # a constant grid stays constant when resized
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    model = mmnet_on(tmp_path / "clip.pt", "RN-tiny", image_size=448, context_length=22)
+    resized = model.image_encoder.tower.attnpool.positional_embedding
+    assert resized.shape == (1 + 14 * 14, table.shape[1])
+    assert torch.equal(resized[0], table[0])
+    torch.testing.assert_close(resized[1:], table[1:2].expand(14 * 14, -1))
+    assert torch.equal(model.text_encoder.positional_embedding, clip.positional_embedding[:22])
+
+
+def test_vit_position_embeddings_follow_the_patch_grid(tmp_path):
+    clip = reference_clip("ViT-tiny")
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    model = mmnet_on(tmp_path / "clip.pt", "ViT-tiny", image_size=96)
+    assert model.image_encoder.tower.positional_embedding.shape[0] == 1 + 6 * 6
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 96, 96), tokens_for(["a"]))
+    assert out["logits"].shape == (1, 1, 24, 24)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(WeightsError, match=f"weights file not found: {tmp_path / 'RN50.pt'}"):
+        mmnet_on(tmp_path / "RN50.pt", "RN-tiny")
+
+
+@pytest.mark.parametrize("name", ["clip.pt", "clip.bin", "clip.safetensors"])
+def test_corrupt_weights_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(WeightsError, match=f"{path}: not a readable weight file"):
+        mmnet_on(path, "RN-tiny")
+
+
+def test_truncated_weights_file(tmp_path):
+    torch.save(reference_clip("RN-tiny").state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cut.pt: not a readable weight file"):
+        mmnet_on(tmp_path / "cut.pt", "RN-tiny")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.target), "code ran"))
+
+
+def test_weights_file_that_would_run_code_is_refused_unexecuted(tmp_path):
+    payload = _Payload()
+    payload.target = str(tmp_path / "pwned")
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"visual.conv1.weight": payload}, f, protocol=2)
+    with pytest.raises(WeightsError, match="evil.pt: refused, the file would construct"):
+        mmnet_on(tmp_path / "evil.pt", "RN-tiny")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_of_another_architecture(tmp_path):
+    torch.save(reference_clip("ViT-tiny").state_dict(), tmp_path / "vit.pt")
+    with pytest.raises(WeightsError, match=r"vit.pt: these weights do not fit backbone RN-tiny: the file holds a ViT with 16-pixel patches"):
+        mmnet_on(tmp_path / "vit.pt", "RN-tiny")
+
+
+def test_weights_of_the_same_kind_but_another_size(tmp_path):
+    clip = open_clip.create_model("RN-tiny", pretrained=None, force_quick_gelu=True)
+    state = clip.state_dict()
+    state["visual.conv1.weight"] = torch.zeros(8, 3, 3, 3)
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(WeightsError, match=r"of another shape \(e.g. visual.conv1.weight: file \(8, 3, 3, 3\), model \(4, 3, 3, 3\)\)"):
+        mmnet_on(tmp_path / "other.pt", "RN-tiny")
+
+
+def test_openai_weights_need_quick_gelu(tmp_path):
+    write_openai_archive(reference_clip("RN-tiny"), tmp_path / "RN.pt")
+    with pytest.raises(WeightsError, match="trained with QuickGELU; set model.quick_gelu=true"):
+        mmnet_on(tmp_path / "RN.pt", "RN-tiny", quick_gelu=False)
+
+
+def test_unknown_backbone_and_unknown_tag():
+    with pytest.raises(WeightsError, match="unknown backbone 'RN51'; the paper's are RN50, RN101, ViT-B-16, ViT-L-14"):
+        build_mmnet(tiny_model_config("RN51"))
+    with pytest.raises(WeightsError, match="'no-such-tag' is neither a file nor an open_clip pretrained tag of RN-tiny"):
+        build_mmnet(tiny_model_config("RN-tiny", clip_weights="no-such-tag"))
+
+
+def test_image_size_must_fit_the_tower():
+    with pytest.raises(WeightsError, match="model.image_size=80 must be a multiple of 32 for RN-tiny"):
+        build_mmnet(tiny_model_config("RN-tiny", image_size=80))
+    with pytest.raises(WeightsError, match="must be a multiple of 32 for ViT-tiny"):
+        build_mmnet(tiny_model_config("ViT-tiny", image_size=80))

@@ -1,0 +1,203 @@
+"""The network's behaviour: shapes, masking of padding, the weighted sum, ablations, gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_IMAGE_SIZE, tiny_model_config, tokens_for
+from mmnet.build import build_mmnet
+from mmnet.errors import MMNetError
+from mmnet.modeling import mask_loss
+
+BACKBONES = ["RN-tiny", "ViT-tiny"]
+TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square"]
+
+
+def _images(batch: int = len(TEXTS)) -> torch.Tensor:
+    return torch.randn(batch, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_output_shapes(backbone):
+    model = build_mmnet(tiny_model_config(backbone, num_queries=5)).eval()
+    out = model(_images(), tokens_for(TEXTS))
+    side = 4 * TINY_IMAGE_SIZE // 16
+    assert out["logits"].shape == (3, 1, side, side)
+    assert out["query_masks"].shape == (3, 5, side, side)
+    assert out["query_scores"].shape == (3, 5)
+    assert out["word_attention"].shape == (3, 5, 17)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_padding_tokens_do_not_change_output(backbone):
+    model = build_mmnet(tiny_model_config(backbone)).eval()
+    tokens = tokens_for(TEXTS)
+    images = _images()
+    noisy = tokens.clone()
+    after_eos = torch.arange(tokens.shape[1])[None] > tokens.argmax(dim=-1)[:, None]
+    noisy[after_eos] = torch.randint(1, 49000, (int(after_eos.sum()),))
+    assert not torch.equal(noisy, tokens)
+    with torch.no_grad():
+        clean_out, noisy_out = model(images, tokens), model(images, noisy)
+    for key in clean_out:
+        torch.testing.assert_close(noisy_out[key], clean_out[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_word_attention_is_zero_on_padding_and_sums_to_one(backbone):
+    model = build_mmnet(tiny_model_config(backbone)).eval()
+    tokens = tokens_for(TEXTS)
+    with torch.no_grad():
+        attention = model(_images(), tokens)["word_attention"]
+    padding = torch.arange(17)[None] > tokens.argmax(dim=-1)[:, None]
+    assert torch.all(attention.masked_select(padding[:, None, :].expand_as(attention)) == 0)
+    assert torch.all(attention.masked_select(~padding[:, None, :].expand_as(attention)) > 0)
+    torch.testing.assert_close(attention.sum(dim=-1), torch.ones(3, 4))
+
+
+def test_query_scores_sum_to_one_and_weight_the_masks():
+    model = build_mmnet(tiny_model_config()).eval()
+    with torch.no_grad():
+        out = model(_images(), tokens_for(TEXTS))
+    scores = out["query_scores"]
+    torch.testing.assert_close(scores.sum(dim=-1), torch.ones(3))
+    assert torch.all(scores > 0)
+    expected = (scores[:, :, None, None] * out["query_masks"]).sum(dim=1, keepdim=True)  # Eq. 16
+    torch.testing.assert_close(out["logits"], expected)
+
+
+def test_estimator_scores_queries_in_the_context_of_the_others():
+    estimator = build_mmnet(tiny_model_config()).eval().estimator
+    queries = torch.randn(2, 4, 32)
+    order = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        scores, permuted = estimator(queries), estimator(queries[:, order])
+    assert scores.std(dim=-1).min() > 1e-3
+    torch.testing.assert_close(permuted, scores[:, order])
+    # Changing one query changes the scores of the others: they are judged together (MHSA).
+    changed = queries.clone()
+    changed[:, 0] += 1.0
+    with torch.no_grad():
+        others = estimator(changed)[:, 1:]
+    assert not torch.allclose(others / others.sum(-1, keepdim=True), scores[:, 1:] / scores[:, 1:].sum(-1, keepdim=True))
+
+
+def test_without_estimator_masks_are_averaged():
+    model = build_mmnet(tiny_model_config(estimator=False)).eval()
+    assert model.estimator is None
+    with torch.no_grad():
+        out = model(_images(), tokens_for(TEXTS))
+    torch.testing.assert_close(out["query_scores"], torch.full((3, 4), 0.25))
+    torch.testing.assert_close(out["logits"], out["query_masks"].mean(dim=1, keepdim=True))
+
+
+def test_without_multi_mask_the_scored_queries_make_one_mask():
+    model = build_mmnet(tiny_model_config(multi_mask=False)).eval()
+    images, tokens = _images(), tokens_for(TEXTS)
+    with torch.no_grad():
+        out = model(images, tokens)
+        visual = model.encode_image(images)
+        f_t, _, padding = model.text_encoder(tokens)
+        f_q, _ = model.query_generator(visual, f_t, padding)
+    assert out["query_masks"].shape[1] == 1
+    torch.testing.assert_close(out["logits"], out["query_masks"])
+    torch.testing.assert_close(out["query_scores"], model.estimator(f_q))
+
+
+def test_without_global_visual_feature_no_global_projection_is_built():
+    model = build_mmnet(tiny_model_config(global_visual=False))
+    assert model.image_encoder.proj_vg is None
+    assert model.query_generator.proj_t is None and model.query_generator.proj_vg is None
+    with torch.no_grad():
+        out = model.eval()(_images(), tokens_for(TEXTS))
+    assert out["logits"].shape[0] == 3
+
+
+def test_single_query_has_no_estimator_and_weight_one():
+    model = build_mmnet(tiny_model_config(num_queries=1)).eval()
+    assert model.estimator is None
+    with torch.no_grad():
+        out = model(_images(), tokens_for(TEXTS))
+    torch.testing.assert_close(out["query_scores"], torch.ones(3, 1))
+    torch.testing.assert_close(out["logits"], out["query_masks"])
+
+
+ABLATIONS = list(itertools.product(BACKBONES, [1, 3], [True, False], [True, False], [True, False]))
+
+
+@pytest.mark.parametrize("backbone,num_queries,multi_mask,estimator,global_visual", ABLATIONS)
+def test_every_ablation_trains_every_parameter(backbone, num_queries, multi_mask, estimator, global_visual):
+    config = tiny_model_config(
+        backbone, num_queries=num_queries, multi_mask=multi_mask, estimator=estimator, global_visual=global_visual
+    )
+    model = build_mmnet(config).train()
+    # open_clip starts each residual branch at zero (bn3.weight = 0), which blocks the gradient of
+    # the branch until the first step; pretrained towers have no such zeros.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bn3.weight"):
+                p.fill_(1.0)
+    target = (torch.rand(3, 1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) > 0.5).float()
+    loss = mask_loss(model(_images(), tokens_for(TEXTS))["logits"], target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    silent = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    assert silent == []
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_eval_output_of_a_sample_does_not_depend_on_its_batch(backbone):
+    model = build_mmnet(tiny_model_config(backbone)).eval()
+    images, tokens = _images(), tokens_for(TEXTS)
+    with torch.no_grad():
+        together = model(images, tokens)
+        alone = model(images[1:2], tokens[1:2])
+        other_company = model(torch.cat([images[1:2], torch.randn(1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)]), tokens[1:3])
+    for key in together:
+        torch.testing.assert_close(alone[key][0], together[key][1], msg=key)
+        torch.testing.assert_close(other_company[key][0], together[key][1], msg=key)
+
+
+def test_one_image_encoded_once_serves_many_expressions():
+    model = build_mmnet(tiny_model_config()).eval()
+    image, tokens = _images(1), tokens_for(TEXTS)
+    with torch.no_grad():
+        shared = model.decode(model.encode_image(image), tokens)
+        repeated = model(image.expand(3, -1, -1, -1), tokens)
+    for key in shared:
+        torch.testing.assert_close(shared[key], repeated[key], msg=key)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 3, 64, 48), (2, 1, 64, 64), (3, 64, 64)])
+def test_image_of_the_wrong_size_gets_a_clear_error(shape):
+    model = build_mmnet(tiny_model_config())
+    with pytest.raises(MMNetError, match=r"images must be B x 3 x 64 x 64 \(model.image_size=64\)"):
+        model(torch.randn(*shape), tokens_for(TEXTS[:2]))
+
+
+def test_tokens_longer_than_the_configured_length_get_a_clear_error():
+    model = build_mmnet(tiny_model_config())
+    with pytest.raises(MMNetError, match=r"tokens must be B x 17 \(model.context_length=17\), got \(2, 22\)"):
+        model(_images(2), tokens_for(TEXTS[:2], context_length=22))
+
+
+def test_images_and_expressions_must_pair_up():
+    model = build_mmnet(tiny_model_config())
+    with pytest.raises(MMNetError, match="2 images but 3 expressions"):
+        model(_images(2), tokens_for(TEXTS))
+
+
+def test_mask_loss_resizes_the_ground_truth_to_the_logits():
+    logits = torch.tensor([[[[2.0, -1.0], [0.5, 0.0]]]])
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1  # top-left quadrant -> top-left logit after nearest resizing
+    mask[..., 2:, 2:] = 1  # bottom-right quadrant -> bottom-right logit
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]))
+    # Worked out by hand: mean of log(1+e^-2), log(1+e^-1), log(1+e^0.5), log(2).
+    by_hand = (0.126928 + 0.313262 + 0.974077 + 0.693147) / 4
+    assert mask_loss(logits, mask).item() == pytest.approx(by_hand, abs=1e-5)
+    assert mask_loss(logits, mask[:, 0]).item() == pytest.approx(expected.item())
