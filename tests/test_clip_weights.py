@@ -12,9 +12,9 @@ import torch
 from open_clip.model import convert_weights_to_lp
 from safetensors.torch import save_file
 
-from conftest import tiny_model_config, tokens_for
 from mmnet.build import build_mmnet
 from mmnet.weights import WeightsError
+from tiny import tiny_model_config, tokens_for
 
 TEXTS = ["the blue triangle", "a man in a red shirt holding a very long umbrella by the door"]
 

@@ -8,22 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_IMAGE_SIZE, tiny_model_config, tokens_for
-from mmnet.build import build_mmnet
 from mmnet.errors import MMNetError
 from mmnet.modeling import mask_loss
+from tiny import TINY_IMAGE_SIZE, build_tiny, random_images, tokens_for
 
 BACKBONES = ["RN-tiny", "ViT-tiny"]
 TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square"]
 
 
 def _images(batch: int = len(TEXTS)) -> torch.Tensor:
-    return torch.randn(batch, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    return random_images(batch)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_output_shapes(backbone):
-    model = build_mmnet(tiny_model_config(backbone, num_queries=5)).eval()
+    model = build_tiny(backbone, num_queries=5).eval()
     out = model(_images(), tokens_for(TEXTS))
     side = 4 * TINY_IMAGE_SIZE // 16
     assert out["logits"].shape == (3, 1, side, side)
@@ -34,7 +33,7 @@ def test_output_shapes(backbone):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_padding_tokens_do_not_change_output(backbone):
-    model = build_mmnet(tiny_model_config(backbone)).eval()
+    model = build_tiny(backbone).eval()
     tokens = tokens_for(TEXTS)
     images = _images()
     noisy = tokens.clone()
@@ -49,7 +48,7 @@ def test_padding_tokens_do_not_change_output(backbone):
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_word_attention_is_zero_on_padding_and_sums_to_one(backbone):
-    model = build_mmnet(tiny_model_config(backbone)).eval()
+    model = build_tiny(backbone).eval()
     tokens = tokens_for(TEXTS)
     with torch.no_grad():
         attention = model(_images(), tokens)["word_attention"]
@@ -60,7 +59,7 @@ def test_word_attention_is_zero_on_padding_and_sums_to_one(backbone):
 
 
 def test_query_scores_sum_to_one_and_weight_the_masks():
-    model = build_mmnet(tiny_model_config()).eval()
+    model = build_tiny().eval()
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
     scores = out["query_scores"]
@@ -71,8 +70,8 @@ def test_query_scores_sum_to_one_and_weight_the_masks():
 
 
 def test_estimator_scores_queries_in_the_context_of_the_others():
-    estimator = build_mmnet(tiny_model_config()).eval().estimator
-    queries = torch.randn(2, 4, 32)
+    estimator = build_tiny().eval().estimator
+    queries = torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(0))
     order = torch.tensor([2, 0, 3, 1])
     with torch.no_grad():
         scores, permuted = estimator(queries), estimator(queries[:, order])
@@ -87,7 +86,7 @@ def test_estimator_scores_queries_in_the_context_of_the_others():
 
 
 def test_without_estimator_masks_are_averaged():
-    model = build_mmnet(tiny_model_config(estimator=False)).eval()
+    model = build_tiny(estimator=False).eval()
     assert model.estimator is None
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
@@ -96,7 +95,7 @@ def test_without_estimator_masks_are_averaged():
 
 
 def test_without_multi_mask_the_scored_queries_make_one_mask():
-    model = build_mmnet(tiny_model_config(multi_mask=False)).eval()
+    model = build_tiny(multi_mask=False).eval()
     images, tokens = _images(), tokens_for(TEXTS)
     with torch.no_grad():
         out = model(images, tokens)
@@ -109,7 +108,7 @@ def test_without_multi_mask_the_scored_queries_make_one_mask():
 
 
 def test_without_global_visual_feature_no_global_projection_is_built():
-    model = build_mmnet(tiny_model_config(global_visual=False))
+    model = build_tiny(global_visual=False)
     assert model.image_encoder.proj_vg is None
     assert model.query_generator.proj_t is None and model.query_generator.proj_vg is None
     with torch.no_grad():
@@ -118,7 +117,7 @@ def test_without_global_visual_feature_no_global_projection_is_built():
 
 
 def test_single_query_has_no_estimator_and_weight_one():
-    model = build_mmnet(tiny_model_config(num_queries=1)).eval()
+    model = build_tiny(num_queries=1).eval()
     assert model.estimator is None
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
@@ -131,17 +130,16 @@ ABLATIONS = list(itertools.product(BACKBONES, [1, 3], [True, False], [True, Fals
 
 @pytest.mark.parametrize("backbone,num_queries,multi_mask,estimator,global_visual", ABLATIONS)
 def test_every_ablation_trains_every_parameter(backbone, num_queries, multi_mask, estimator, global_visual):
-    config = tiny_model_config(
+    model = build_tiny(
         backbone, num_queries=num_queries, multi_mask=multi_mask, estimator=estimator, global_visual=global_visual
-    )
-    model = build_mmnet(config).train()
+    ).train()
     # open_clip starts each residual branch at zero (bn3.weight = 0), which blocks the gradient of
     # the branch until the first step; pretrained towers have no such zeros.
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bn3.weight"):
                 p.fill_(1.0)
-    target = (torch.rand(3, 1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) > 0.5).float()
+    target = (random_images(3, seed=3)[:, :1] > 0).float()
     loss = mask_loss(model(_images(), tokens_for(TEXTS))["logits"], target)
     loss.backward()
     assert torch.isfinite(loss)
@@ -151,19 +149,19 @@ def test_every_ablation_trains_every_parameter(backbone, num_queries, multi_mask
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_eval_output_of_a_sample_does_not_depend_on_its_batch(backbone):
-    model = build_mmnet(tiny_model_config(backbone)).eval()
+    model = build_tiny(backbone).eval()
     images, tokens = _images(), tokens_for(TEXTS)
     with torch.no_grad():
         together = model(images, tokens)
         alone = model(images[1:2], tokens[1:2])
-        other_company = model(torch.cat([images[1:2], torch.randn(1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)]), tokens[1:3])
+        other_company = model(torch.cat([images[1:2], random_images(1, seed=2)]), tokens[1:3])
     for key in together:
         torch.testing.assert_close(alone[key][0], together[key][1], msg=key)
         torch.testing.assert_close(other_company[key][0], together[key][1], msg=key)
 
 
 def test_one_image_encoded_once_serves_many_expressions():
-    model = build_mmnet(tiny_model_config()).eval()
+    model = build_tiny().eval()
     image, tokens = _images(1), tokens_for(TEXTS)
     with torch.no_grad():
         shared = model.decode(model.encode_image(image), tokens)
@@ -174,19 +172,19 @@ def test_one_image_encoded_once_serves_many_expressions():
 
 @pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 3, 64, 48), (2, 1, 64, 64), (3, 64, 64)])
 def test_image_of_the_wrong_size_gets_a_clear_error(shape):
-    model = build_mmnet(tiny_model_config())
+    model = build_tiny()
     with pytest.raises(MMNetError, match=r"images must be B x 3 x 64 x 64 \(model.image_size=64\)"):
         model(torch.randn(*shape), tokens_for(TEXTS[:2]))
 
 
 def test_tokens_longer_than_the_configured_length_get_a_clear_error():
-    model = build_mmnet(tiny_model_config())
+    model = build_tiny()
     with pytest.raises(MMNetError, match=r"tokens must be B x 17 \(model.context_length=17\), got \(2, 22\)"):
         model(_images(2), tokens_for(TEXTS[:2], context_length=22))
 
 
 def test_images_and_expressions_must_pair_up():
-    model = build_mmnet(tiny_model_config())
+    model = build_tiny()
     with pytest.raises(MMNetError, match="2 images but 3 expressions"):
         model(_images(2), tokens_for(TEXTS))
 

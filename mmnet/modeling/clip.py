@@ -47,6 +47,7 @@ def create_clip(config: ModelConfig) -> open_clip.CLIP:
         clip = open_clip.create_model(
             config.backbone,
             pretrained=None,
+            device=torch.get_default_device(),  # also lets a `with torch.device("meta")` build stay empty
             force_quick_gelu=config.quick_gelu,
             force_image_size=config.image_size,
             force_context_length=config.context_length,

@@ -16,6 +16,16 @@ from mmnet.modeling.query_generator import MultiQueryGenerator
 from mmnet.modeling.text_encoder import TextEncoder
 
 
+# The parts a reader of Figure 3 names, by the attribute that holds each.
+PARTS = {
+    "backbone": ("image_encoder", "text_encoder"),
+    "neck": ("fusion_neck",),
+    "query generator": ("query_generator",),
+    "decoder": ("decoder",),
+    "heads": ("projector", "estimator"),
+}
+
+
 class MMNet(nn.Module):
     """Multi-Mask Network: an image and an expression in, the referred object's mask logits out."""
 

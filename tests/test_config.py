@@ -1,0 +1,96 @@
+"""The one config type: YAML with a base file, key=value overrides, clear errors; configs/ builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmnet.build import build_mmnet
+from mmnet.config import Config, ConfigError, load_config, save_config
+from mmnet.info import model_figures
+from tiny import tiny_model_config
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_overrides_are_typed_and_reach_nested_settings():
+    config = load_config(None, ["model.num_queries=8", "model.multi_mask=false", "train.lr=1e-4", "data.root=/tmp/x"])
+    assert config.model.num_queries == 8
+    assert config.model.multi_mask is False
+    assert config.train.lr == pytest.approx(1e-4)
+    assert config.data.root == "/tmp/x"
+    assert config.model.clip_weights is None
+    assert load_config(None, ["model.clip_weights=w.pt"]).model.clip_weights == "w.pt"
+
+
+def test_a_file_extends_its_base_and_round_trips(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  hidden_dim: 256\n  num_queries: 16\ntrain:\n  epochs: 7\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nmodel:\n  num_queries: 8\n")
+    config = load_config(tmp_path / "child.yaml", ["train.epochs=9"])
+    assert (config.model.hidden_dim, config.model.num_queries, config.train.epochs) == (256, 8, 9)
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_querys=8", r"unknown setting 'model.num_querys'; known here: backbone"),
+        ("model.num_queries=many", r"'model.num_queries' must be of type int, got 'many'"),
+        ("model.multi_mask=3", r"'model.multi_mask' must be of type bool, got 3"),
+        ("train.lr=fast", r"'train.lr' must be of type float"),
+        ("model.num_queries=0", r"model.num_queries must be at least 1"),
+        ("model.hidden_dim=100", r"multiple of model.num_heads"),
+        ("modelnum_queries", r"not of the form section.key=value"),
+        ("optimizer.lr=1", r"unknown setting 'optimizer'"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files_are_refused_with_their_path(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'none.yaml'}"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("model:\n  backbon: RN50\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown setting 'model.backbon'"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_configs_cover_every_dataset_and_backbone_of_table_1():
+    pairs = {(c.data.dataset, c.model.backbone) for c in map(load_config, CONFIGS) if c.train.epochs == 100}
+    for dataset in ("refcoco", "refcoco+", "refcocog"):
+        for backbone in ("ViT-B-16", "ViT-L-14"):
+            assert (dataset, backbone) in pairs
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_builds_at_the_paper_settings(path):
+    config = load_config(path)
+    assert isinstance(config, Config)
+    assert config.model.context_length == (22 if config.data.dataset == "refcocog" else 17)
+    with torch.device("meta"):  # shapes without memory or time
+        model = build_mmnet(config.model, load_clip_weights=False)
+        out = model(torch.empty(2, 3, config.model.image_size, config.model.image_size), torch.zeros(2, config.model.context_length, dtype=torch.long))
+    side = 4 * config.model.image_size // (14 if "14" in config.model.backbone else 16)
+    assert out["logits"].shape == (2, 1, side, side)
+    assert out["query_masks"].shape == (2, config.model.num_queries, side, side)
+
+
+def test_info_counts_parts_that_add_up():
+    config = tiny_model_config()
+    model = build_mmnet(config)
+    figures = model_figures(model, config)
+    parts = figures["parts"]
+    assert sum(p["parameters"] for p in parts.values()) == figures["total"]["parameters"]
+    assert sum(p["gflops"] for p in parts.values()) == pytest.approx(figures["total"]["gflops"])
+    # The decoder's MLP alone: 2 layers x N tokens x (C x F + F x C) multiply-adds, 2 FLOPs each.
+    tokens = (config.image_size // 16) ** 2
+    mlp = 2 * tokens * 2 * config.hidden_dim * config.ffn_dim * 2
+    assert parts["decoder"]["gflops"] * 1e9 > mlp

@@ -1,0 +1,44 @@
+"""Tiny MMNet configurations and tokens for tests, built without downloads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import open_clip
+import torch
+
+from mmnet.build import build_mmnet
+from mmnet.config import ModelConfig
+from mmnet.modeling import MMNet
+
+TINY_IMAGE_SIZE = 64
+
+
+def tiny_model_config(backbone: str = "RN-tiny", **changes) -> ModelConfig:
+    """A small MMNet on a tiny CLIP tower, fast enough to run forward and backward in tests."""
+    config = ModelConfig(
+        backbone=backbone,
+        image_size=TINY_IMAGE_SIZE,
+        context_length=17,
+        hidden_dim=32,
+        num_heads=4,
+        ffn_dim=64,
+        decoder_layers=2,
+        dropout=0.0,
+        num_queries=4,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def build_tiny(backbone: str = "RN-tiny", *, seed: int = 0, **changes) -> MMNet:
+    """The tiny MMNet with random weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return build_mmnet(tiny_model_config(backbone, **changes))
+
+
+def random_images(batch: int, *, seed: int = 1, size: int = TINY_IMAGE_SIZE) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def tokens_for(texts: list[str], context_length: int = 17) -> torch.Tensor:
+    return open_clip.tokenize(texts, context_length=context_length)
