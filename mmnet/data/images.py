@@ -1,0 +1,40 @@
+"""The one image loader: any JPEG or PNG a user or COCO has, as an upright RGB picture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image, ImageOps
+
+from mmnet.data.errors import DataError
+
+
+def load_image(path: str | Path, *, size: Optional[tuple[int, int]] = None) -> Image.Image:
+    """Reads an image as RGB (grayscale, CMYK, palette and alpha images converted), upright by its EXIF orientation.
+
+    Args:
+        path: the image file.
+        size: (width, height) the annotations were drawn on, when there are annotations. If EXIF
+            orientation would turn the picture away from that size, the stored pixels are kept
+            (the annotations describe them); any other disagreement is an error.
+
+    Raises DataError naming the file when it is missing, unreadable, or of the wrong size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    try:
+        with Image.open(path) as stored:
+            stored.load()
+            upright = ImageOps.exif_transpose(stored)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot be read as an image ({err})") from None
+    image = upright
+    if size is not None and tuple(upright.size) != tuple(size):
+        if tuple(stored.size) != tuple(size):
+            raise DataError(f"{path}: image is {upright.size[0]} x {upright.size[1]} but the annotations say {size[0]} x {size[1]}")
+        image = stored
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")

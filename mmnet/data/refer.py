@@ -1,0 +1,309 @@
+"""The `refer` layout read as downloaded: refs pickle, instances.json and COCO images.
+
+    <root>/<dataset>/refs(<split_by>).p    refs: ref_id, ann_id, image_id, split, sentences
+    <root>/<dataset>/instances.json        COCO images, annotations (polygons or RLE), categories
+    <image_dir>/<file_name>                file_name of the instances.json image (not the ref's)
+
+Parsing instances.json takes seconds and a lot of memory on the real files, so the parsed index
+(refs, sentences, image files, one compressed RLE per referred annotation) is written once as
+JSON in the cache folder and read from there for as long as both source files keep their size
+and modification time. Data-loader workers inherit the index; none of them parses anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from mmnet.config import DataConfig
+from mmnet.data.errors import DataError
+from mmnet.data.masks import decode_rle, segmentation_to_rle
+from mmnet.data.pickles import load_plain_pickle
+
+CACHE_VERSION = 1
+# The order splits are listed in; other names follow alphabetically.
+SPLIT_ORDER = ("train", "val", "test", "testA", "testB")
+
+
+class Sentence(NamedTuple):
+    sent_id: int
+    ref_id: int
+    text: str
+
+
+class Ref(NamedTuple):
+    ref_id: int
+    ann_id: int
+    image_id: int
+    split: str
+    sentences: tuple[Sentence, ...]
+
+
+class ImageRecord(NamedTuple):
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class ReferFiles:
+    """Where the files of one dataset and split-by lie."""
+
+    root: Path
+    dataset: str
+    split_by: str
+    image_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def locate(
+        cls,
+        root: str | Path,
+        dataset: str,
+        split_by: str,
+        *,
+        image_dir: Optional[str | Path] = None,
+        cache_dir: Optional[str | Path] = None,
+    ) -> "ReferFiles":
+        root = Path(root)
+        return cls(
+            root=root,
+            dataset=dataset,
+            split_by=split_by,
+            image_dir=Path(image_dir) if image_dir is not None else root / "images" / "train2014",
+            cache_dir=Path(cache_dir) if cache_dir is not None else root / dataset / "cache",
+        )
+
+    @property
+    def refs_path(self) -> Path:
+        return self.root / self.dataset / f"refs({self.split_by}).p"
+
+    @property
+    def instances_path(self) -> Path:
+        return self.root / self.dataset / "instances.json"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / f"{self.dataset}.refs({self.split_by}).index.json"
+
+    def require(self) -> None:
+        """Raises DataError naming the first source file that is missing."""
+        if not self.refs_path.is_file():
+            present = sorted(p.name for p in self.refs_path.parent.glob("refs(*).p"))
+            found = f"; refs files there: {', '.join(present)}" if present else ""
+            raise DataError(f"{self.refs_path}: refs pickle not found{found}")
+        if not self.instances_path.is_file():
+            raise DataError(f"{self.instances_path}: instances.json not found")
+
+    def signature(self) -> dict[str, list[int]]:
+        """Size and modification time of the source files; the cache is valid while they are unchanged."""
+        stats = {"refs": self.refs_path.stat(), "instances": self.instances_path.stat()}
+        return {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
+
+
+class ReferIndex:
+    """Refs, sentences, image files and masks of one dataset and split-by, all splits."""
+
+    def __init__(self, files: ReferFiles, payload: dict[str, list]):
+        self.files = files
+        self._images = {row[0]: ImageRecord(*row) for row in payload["images"]}
+        self._masks = dict((ann_id, counts) for ann_id, counts in payload["masks"])
+        self._refs: dict[int, Ref] = {}
+        self._splits: dict[str, list[int]] = {}
+        for ref_id, ann_id, image_id, split, sentences in payload["refs"]:
+            sentences = tuple(Sentence(sent_id, ref_id, text) for sent_id, text in sentences)
+            self._refs[ref_id] = Ref(ref_id, ann_id, image_id, split, sentences)
+            self._splits.setdefault(split, []).append(ref_id)
+
+    @classmethod
+    def load(
+        cls,
+        root: str | Path,
+        dataset: str,
+        split_by: str,
+        *,
+        image_dir: Optional[str | Path] = None,
+        cache_dir: Optional[str | Path] = None,
+        progress: bool = True,
+    ) -> "ReferIndex":
+        """Reads the index from the cache, or parses the source files and writes the cache.
+
+        Raises DataError naming the file at the first problem with the source files.
+        """
+        files = ReferFiles.locate(root, dataset, split_by, image_dir=image_dir, cache_dir=cache_dir)
+        files.require()
+        signature = files.signature()
+        payload = _read_cache(files.cache_path, signature)
+        if payload is None:
+            payload, problems = parse_refer(files, progress=progress)
+            if problems:
+                raise DataError(
+                    f"{len(problems)} problem(s) in {dataset} ({split_by}), the first: {problems[0]}. "
+                    f"`mmnet data check --root {root} --dataset {dataset} --split-by {split_by}` lists them all"
+                )
+            _write_cache(files.cache_path, {"version": CACHE_VERSION, "sources": signature, **payload})
+        return cls(files, payload)
+
+    @classmethod
+    def from_config(cls, config: DataConfig, *, progress: bool = True) -> "ReferIndex":
+        return cls.load(
+            config.root,
+            config.dataset,
+            config.split_by,
+            image_dir=config.image_dir,
+            cache_dir=config.cache_dir,
+            progress=progress,
+        )
+
+    @property
+    def splits(self) -> list[str]:
+        known = [split for split in SPLIT_ORDER if split in self._splits]
+        return known + sorted(set(self._splits) - set(known))
+
+    def refs(self, split: str) -> list[Ref]:
+        """The refs of one split, by exact name (``test`` is not ``testA``)."""
+        if split not in self._splits:
+            raise DataError(f"{self.files.refs_path}: no split '{split}'; the splits here are {', '.join(self.splits)}")
+        return [self._refs[ref_id] for ref_id in self._splits[split]]
+
+    def sentences(self, split: str) -> list[Sentence]:
+        return [sentence for ref in self.refs(split) for sentence in ref.sentences]
+
+    def ref(self, ref_id: int) -> Ref:
+        return self._refs[ref_id]
+
+    def image(self, image_id: int) -> ImageRecord:
+        return self._images[image_id]
+
+    def image_path(self, image_id: int) -> Path:
+        return self.files.image_dir / self._images[image_id].file_name
+
+    def mask(self, ref_id: int) -> np.ndarray:
+        """The referred object's mask at the original image size: uint8 H x W in {0, 1}."""
+        ref = self._refs[ref_id]
+        image = self._images[ref.image_id]
+        return decode_rle(self._masks[ref.ann_id], height=image.height, width=image.width)
+
+
+def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, list], list[str]]:
+    """Parses the source files into the cached payload; returns it with every problem found.
+
+    Unreadable files raise DataError; faults in single refs or annotations are returned as
+    messages (each naming its file) and leave that ref out of the payload.
+    """
+    refs = load_plain_pickle(files.refs_path)
+    if not isinstance(refs, list):
+        raise DataError(f"{files.refs_path}: expected a list of refs, found a {type(refs).__name__}")
+    instances = _read_instances(files.instances_path)
+    problems: list[str] = []
+    images = _records_by_id(instances["images"], ("id", "file_name", "height", "width"), "image", files.instances_path, problems)
+    anns = _records_by_id(instances["annotations"], ("id", "image_id", "segmentation"), "annotation", files.instances_path, problems)
+
+    payload: dict[str, list] = {"refs": [], "images": [], "masks": []}
+    used_images: set[int] = set()
+    masks: dict[int, str] = {}
+    seen_refs: set[int] = set()
+    seen_sents: set[int] = set()
+    for position, ref in enumerate(tqdm(refs, desc=f"indexing {files.refs_path.name}", unit="ref", disable=not progress)):
+        label = ref.get("ref_id", f"#{position}") if isinstance(ref, dict) else f"#{position}"
+        fault = _ref_fault(ref, images, anns, seen_refs, seen_sents)
+        if fault is not None:
+            problems.append(f"{files.refs_path}: ref {label}: {fault}")
+            continue
+        ann_id, image = ref["ann_id"], images[ref["image_id"]]
+        if ann_id not in masks:
+            try:
+                masks[ann_id] = segmentation_to_rle(anns[ann_id]["segmentation"], height=image["height"], width=image["width"])
+            except ValueError as err:
+                problems.append(f"{files.instances_path}: annotation {ann_id} (of ref {label}): {err}")
+                continue
+        sentences = [[s["sent_id"], s["sent"]] for s in ref["sentences"]]
+        payload["refs"].append([ref["ref_id"], ann_id, ref["image_id"], ref["split"], sentences])
+        used_images.add(ref["image_id"])
+
+    payload["images"] = [[i, images[i]["file_name"], images[i]["height"], images[i]["width"]] for i in sorted(used_images)]
+    payload["masks"] = [[ann_id, counts] for ann_id, counts in sorted(masks.items())]
+    return payload, problems
+
+
+def _ref_fault(ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sents: set[int]) -> Optional[str]:
+    """What is wrong with one ref, or None; records its ids as seen."""
+    if not isinstance(ref, dict):
+        return f"is a {type(ref).__name__}, not a dict"
+    missing = [key for key in ("ref_id", "ann_id", "image_id", "split", "sentences") if key not in ref]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if ref["ref_id"] in seen_refs:
+        return "ref_id used twice"
+    seen_refs.add(ref["ref_id"])
+    if ref["ann_id"] not in anns:
+        return f"its annotation {ref['ann_id']} is not in instances.json"
+    if ref["image_id"] not in images:
+        return f"its image {ref['image_id']} is not in instances.json"
+    if anns[ref["ann_id"]]["image_id"] != ref["image_id"]:
+        return f"its annotation {ref['ann_id']} belongs to image {anns[ref['ann_id']]['image_id']}, not {ref['image_id']}"
+    if not isinstance(ref["sentences"], list) or not ref["sentences"]:
+        return "has no sentences"
+    for sentence in ref["sentences"]:
+        if not isinstance(sentence, dict) or "sent" not in sentence or "sent_id" not in sentence:
+            return "holds a sentence without sent and sent_id"
+        if not isinstance(sentence["sent"], str) or not sentence["sent"].strip():
+            return f"sentence {sentence['sent_id']} is empty"
+        if sentence["sent_id"] in seen_sents:
+            return f"sent_id {sentence['sent_id']} used twice"
+        seen_sents.add(sentence["sent_id"])
+    return None
+
+
+def _read_instances(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: instances.json not found")
+    try:
+        with path.open("rb") as file:
+            instances = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list) for k in ("images", "annotations")):
+        raise DataError(f"{path}: expected a COCO file with 'images' and 'annotations' lists")
+    return instances
+
+
+def _records_by_id(records: list, keys: tuple[str, ...], kind: str, path: Path, problems: list[str]) -> dict[int, dict]:
+    by_id = {}
+    for position, record in enumerate(records):
+        if not isinstance(record, dict) or any(key not in record for key in keys):
+            problems.append(f"{path}: {kind} #{position} lacks one of {', '.join(keys)}")
+        else:
+            by_id[record["id"]] = record
+    return by_id
+
+
+def _read_cache(path: Path, signature: dict) -> Optional[dict]:
+    try:
+        with path.open("rb") as file:
+            cached = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cached, dict) or cached.get("version") != CACHE_VERSION or cached.get("sources") != signature:
+        return None
+    return cached
+
+
+def _write_cache(path: Path, cached: dict) -> None:
+    # Written beside its final name and renamed, so a concurrent reader never sees half a file.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(cached, separators=(",", ":")))
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        warnings.warn(f"could not write the index cache {path} ({err}); the source files will be parsed again next time")
