@@ -1,0 +1,40 @@
+"""Referring expressions to CLIP BPE tokens: [SOS] words [EOS], then zeros up to the context length."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+from mmnet.data.errors import DataError
+
+
+@lru_cache(maxsize=1)
+def _clip_tokenizer() -> SimpleTokenizer:
+    # The BPE vocabulary ships inside open_clip; nothing is downloaded.
+    return SimpleTokenizer()
+
+
+def tokenize(texts: str | Sequence[str], context_length: int, *, allow_empty: bool = False) -> torch.LongTensor:
+    """Tokenises expressions for the CLIP text encoder.
+
+    Args:
+        texts: one expression or a sequence of B expressions.
+        context_length: L, tokens per expression including [SOS] and [EOS] (17 RefCOCO/+, 22 G-Ref).
+        allow_empty: let an empty expression through as [SOS][EOS] (for text-blind controls).
+    Returns:
+        B x L int64 tokens; an expression too long is cut so that [EOS] stays last.
+    Raises DataError for an expression with no words unless allow_empty.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    if context_length < 2:
+        raise DataError(f"context length must hold [SOS] and [EOS], got {context_length}")
+    tokenizer = _clip_tokenizer()
+    if not allow_empty:
+        for position, text in enumerate(texts):
+            if not tokenizer.encode(text):
+                raise DataError(f"expression {position} ({text!r}) is empty: it has no words to tokenise")
+    return tokenizer(list(texts), context_length=context_length)

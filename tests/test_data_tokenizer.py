@@ -1,0 +1,45 @@
+import pytest
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+from mmnet.data.errors import DataError
+from mmnet.data.tokenizer import tokenize
+
+CLIP = SimpleTokenizer()
+SOS, EOS = CLIP.sot_token_id, CLIP.eot_token_id
+
+
+def test_expression_is_sos_words_eos_then_zeros():
+    tokens = tokenize("the blue triangle", 17)
+    words = CLIP.encode("the blue triangle")
+    assert tokens.shape == (1, 17) and tokens.dtype == torch.long
+    assert tokens[0].tolist() == [SOS, *words, EOS] + [0] * (17 - 2 - len(words))
+
+
+def test_batch_has_one_row_per_expression_at_the_context_length():
+    tokens = tokenize(["man on the left", "the small red circle left of the blue square"], 22)
+    assert tokens.shape == (2, 22)
+    assert (tokens[:, 0] == SOS).all()
+    assert [(row == EOS).nonzero().item() for row in tokens] == [
+        1 + len(CLIP.encode("man on the left")),
+        1 + len(CLIP.encode("the small red circle left of the blue square")),
+    ]
+
+
+def test_long_expression_is_cut_keeping_eos_last():
+    text = " ".join(["zebra"] * 40)
+    tokens = tokenize(text, 17)[0]
+    assert tokens[0] == SOS and tokens[-1] == EOS
+    assert tokens[1:-1].tolist() == CLIP.encode(text)[:15]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t\n"])
+def test_empty_expression_is_refused(text):
+    with pytest.raises(DataError, match="empty"):
+        tokenize(["a dog", text], 17)
+
+
+def test_empty_expression_on_purpose_is_sos_eos():
+    tokens = tokenize(["", "a dog"], 17, allow_empty=True)
+    assert tokens[0].tolist() == [SOS, EOS] + [0] * 15
+    assert tokens[1, 0] == SOS
