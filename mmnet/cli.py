@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--name", default="synthref", help="dataset folder name under --out")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--images", type=int, nargs=4, default=[400, 50, 50, 50], metavar=("TRAIN", "VAL", "TESTA", "TESTB"), help="images per split")
-    synth.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="image size in pixels")
+    synth.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="image width and height in pixels")
     synth.set_defaults(func=_data_synth)
 
     check = data_commands.add_parser("check", help="check a dataset in the refer layout and count it")
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dataset", required=True)
     check.add_argument("--split-by", required=True)
     check.add_argument("--image-dir", help="images folder (default <root>/images/train2014)")
+    check.add_argument("--workers", type=int, default=0, help="threads decoding images (default: all cores)")
+    check.add_argument("--limit", type=int, default=20, help="problems listed per kind")
     check.set_defaults(func=_data_check)
     return parser
 

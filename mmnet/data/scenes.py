@@ -1,0 +1,185 @@
+"""Synthetic referring scenes: flat shapes on a plain background, and expressions that pick one out.
+
+An image holds 3 to 6 shapes of a few colours, kinds and two sizes, apart from one another. A
+shape is referred to only when another shape shares its colour and a third its kind, so no
+single word finds it; each expression names at least two of colour, kind and size, and adds a
+position ("the leftmost ...") or a relation to a landmark ("... left of the blue square") where
+the attributes alone would still fit several shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from mmnet.data.masks import rasterize_polygons
+
+COLOURS = {
+    "red": (215, 45, 40),
+    "green": (40, 160, 70),
+    "blue": (40, 90, 215),
+    "yellow": (240, 200, 35),
+    "purple": (140, 65, 185),
+}
+KIND_WORDS = {"circle": ("circle", "disc"), "square": ("square", "box"), "triangle": ("triangle",), "diamond": ("diamond",)}
+SIZE_WORDS = {"small": ("small", "little"), "big": ("big", "large")}
+# Radius of a shape's bounding circle as a share of the image's shorter side; the ranges do not
+# meet, so "big" and "small" are plain to see.
+RADIUS_SHARE = {"small": (0.06, 0.085), "big": (0.13, 0.17)}
+# Positions and relations hold only when centres differ by this share of the shorter side.
+MARGIN_SHARE = 0.08
+# (dimension, sign): the extreme a position word asks for, or the side of a relation's landmark.
+POSITIONS = {"left": (0, -1), "right": (0, 1), "top": (1, -1), "bottom": (1, 1)}
+POSITION_PHRASES = {
+    "left": ("the {np} on the left", "the leftmost {np}"),
+    "right": ("the {np} on the right", "the rightmost {np}"),
+    "top": ("the {np} at the top", "the topmost {np}"),
+    "bottom": ("the {np} at the bottom", "the lowest {np}"),
+}
+RELATION_PHRASES = {"left": "left of", "right": "right of", "top": "above", "bottom": "below"}
+# The attribute sets a noun phrase may name: never one word alone unless a position or relation follows.
+NOUN_PHRASES = (
+    ("colour", "kind"),
+    ("size", "colour", "kind"),
+    ("size", "kind"),
+    ("size", "colour"),
+    ("colour",),
+    ("kind",),
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    size: str
+    cx: float
+    cy: float
+    radius: float
+
+    def centre(self, dimension: int) -> float:
+        return self.cy if dimension else self.cx
+
+    def polygon(self) -> list[float]:
+        """Outline as a flat [x1, y1, x2, y2, ...] list, rounded to 0.01 px as written to instances.json."""
+        if self.kind == "circle":
+            angles = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+            points = [(math.cos(a), math.sin(a)) for a in angles]
+        elif self.kind == "square":
+            points = [(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75)]
+        elif self.kind == "triangle":
+            points = [(0.0, -1.0), (math.sqrt(3) / 2, 0.5), (-math.sqrt(3) / 2, 0.5)]
+        else:
+            points = [(0.0, -1.0), (0.8, 0.0), (0.0, 1.0), (-0.8, 0.0)]
+        return [round(v, 2) for x, y in points for v in (self.cx + x * self.radius, self.cy + y * self.radius)]
+
+
+def sample_scene(rng: np.random.Generator, *, width: int, height: int) -> list[Shape]:
+    """3 to 6 shapes, apart from one another, among them a colour pair and a kind pair around one shape."""
+    colours, kinds = list(COLOURS), list(KIND_WORDS)
+    while True:
+        colour, other_colour = rng.choice(colours, size=2, replace=False)
+        kind, other_kind = rng.choice(kinds, size=2, replace=False)
+        looks = [(colour, kind), (colour, other_kind), (other_colour, kind)]
+        looks += [(rng.choice(colours), rng.choice(kinds)) for _ in range(rng.integers(0, 4))]
+        shapes = _place(rng, looks, width=width, height=height)
+        if shapes is not None:
+            return shapes
+
+
+def _place(rng: np.random.Generator, looks: list, *, width: int, height: int) -> Optional[list[Shape]]:
+    short = min(width, height)
+    gap = 0.02 * short
+    shapes: list[Shape] = []
+    for colour, kind in looks:
+        size = str(rng.choice(list(RADIUS_SHARE)))
+        radius = rng.uniform(*RADIUS_SHARE[size]) * short
+        for _ in range(100):
+            cx = rng.uniform(radius + gap, width - radius - gap)
+            cy = rng.uniform(radius + gap, height - radius - gap)
+            if all(math.hypot(cx - s.cx, cy - s.cy) > radius + s.radius + gap for s in shapes):
+                shapes.append(Shape(str(kind), str(colour), size, float(cx), float(cy), float(radius)))
+                break
+        else:
+            return None
+    return shapes
+
+
+def is_referable(target: Shape, shapes: list[Shape]) -> bool:
+    """Another shape shares the target's colour, and another its kind."""
+    others = [s for s in shapes if s is not target]
+    return any(s.colour == target.colour for s in others) and any(s.kind == target.kind for s in others)
+
+
+def describe(target: Shape, shapes: list[Shape], rng: np.random.Generator, *, short_side: int) -> dict[str, list[str]]:
+    """Every expression that fits the target and no other shape, by what finds it: attributes, position, relation."""
+    margin = MARGIN_SHARE * short_side
+    found: dict[str, list[str]] = {"attributes": [], "position": [], "relation": []}
+    for attributes in NOUN_PHRASES:
+        fitting = [s for s in shapes if all(getattr(s, a) == getattr(target, a) for a in attributes)]
+        others = [s for s in fitting if s is not target]
+        np_words = _noun_phrase(target, attributes, rng)
+        if not others:
+            if len(attributes) > 1:
+                found["attributes"].append(str(rng.choice(["the {np}", "{np}"])).format(np=np_words))
+            continue
+        for position, direction in POSITIONS.items():
+            if all(_beyond(target, s, direction) > margin for s in others):
+                found["position"].append(str(rng.choice(POSITION_PHRASES[position])).format(np=np_words))
+        for landmark in shapes:
+            if landmark is target or sum(s.colour == landmark.colour and s.kind == landmark.kind for s in shapes) > 1:
+                continue
+            for position, direction in POSITIONS.items():
+                if _beyond(target, landmark, direction) > margin and all(
+                    _beyond(s, landmark, direction) < -margin for s in others if s is not landmark
+                ):
+                    landmark_words = _noun_phrase(landmark, ("colour", "kind"), rng)
+                    found["relation"].append(f"the {np_words} {RELATION_PHRASES[position]} the {landmark_words}")
+    return found
+
+
+def _beyond(shape: Shape, reference: Shape, direction: tuple[int, int]) -> float:
+    """How far the shape's centre lies past the reference's in a direction (dimension, sign) of POSITIONS."""
+    dimension, sign = direction
+    return sign * (shape.centre(dimension) - reference.centre(dimension))
+
+
+def choose_expressions(described: dict[str, list[str]], rng: np.random.Generator, *, most: int = 3) -> list[str]:
+    """Up to ``most`` different expressions, drawing from the kinds of description in turn so that none dominates."""
+    pools = [list(rng.permutation(texts)) for texts in described.values() if texts]
+    pools = [pools[i] for i in rng.permutation(len(pools))]
+    chosen: list[str] = []
+    while len(chosen) < most and any(pools):
+        for pool in pools:
+            if pool and len(chosen) < most and (text := str(pool.pop())) not in chosen:
+                chosen.append(text)
+    return chosen
+
+
+def _noun_phrase(shape: Shape, attributes: tuple[str, ...], rng: np.random.Generator) -> str:
+    words = []
+    if "size" in attributes:
+        words.append(str(rng.choice(SIZE_WORDS[shape.size])))
+    if "colour" in attributes:
+        words.append(shape.colour)
+    words.append(str(rng.choice(KIND_WORDS[shape.kind])) if "kind" in attributes else "shape")
+    return " ".join(words)
+
+
+def render(shapes: list[Shape], rng: np.random.Generator, *, width: int, height: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Paints the shapes flat on a plain grey background.
+
+    Returns the image, uint8 height x width x 3, and each shape's mask, uint8 height x width,
+    rasterised from its polygon exactly as the reader decodes it.
+    """
+    image = np.full((height, width, 3), rng.integers(200, 246), dtype=np.uint8)
+    masks = []
+    for shape in shapes:
+        mask = rasterize_polygons([shape.polygon()], height=height, width=width)
+        colour = np.clip(np.array(COLOURS[shape.colour]) + rng.integers(-12, 13, size=3), 0, 255)
+        image[mask.astype(bool)] = colour
+        masks.append(mask)
+    return image, masks

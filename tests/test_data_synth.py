@@ -1,0 +1,143 @@
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmnet.cli import main
+from mmnet.data.pickles import load_plain_pickle
+from mmnet.data.refer import ReferIndex
+from mmnet.data.scenes import COLOURS, KIND_WORDS, SIZE_WORDS
+from mmnet.data.synth import generate, write_synthetic
+
+ARGS = dict(name="synthref", seed=3, images=(6, 2, 2, 2), width=128, height=96)  # as the synth_root fixture
+
+# How a reader would resolve the expressions, written independently of the generator.
+WORDS = {
+    **{c: ("colour", c) for c in COLOURS},
+    **{w: ("kind", k) for k, ws in KIND_WORDS.items() for w in ws},
+    **{w: ("size", s) for s, ws in SIZE_WORDS.items() for w in ws},
+}
+EXTREMES = {"on the left": ("cx", -1), "leftmost": ("cx", -1), "on the right": ("cx", 1), "rightmost": ("cx", 1),
+            "at the top": ("cy", -1), "topmost": ("cy", -1), "at the bottom": ("cy", 1), "lowest": ("cy", 1)}
+RELATIONS = {"left of": ("cx", -1), "right of": ("cx", 1), "above": ("cy", -1), "below": ("cy", 1)}
+
+
+def _fitting(noun_phrase, shapes):
+    conditions = [WORDS[w] for w in noun_phrase.split() if w not in ("the", "shape")]
+    return [s for s in shapes if all(getattr(s, attribute) == value for attribute, value in conditions)]
+
+
+def _resolve(text, shapes):
+    """The shapes an expression can mean."""
+    for phrase, (axis, sign) in RELATIONS.items():
+        if f" {phrase} the " in text:
+            head, landmark = text.split(f" {phrase} the ")
+            [mark] = _fitting(landmark, shapes)
+            return [s for s in _fitting(head, shapes) if s is not mark and sign * (getattr(s, axis) - getattr(mark, axis)) > 0]
+    for phrase, (axis, sign) in EXTREMES.items():
+        if phrase in text:
+            fitting = _fitting(text.replace(phrase, ""), shapes)
+            best = max(sign * getattr(s, axis) for s in fitting)
+            return [s for s in fitting if sign * getattr(s, axis) == best]
+    return _fitting(text, shapes)
+
+
+@pytest.fixture(scope="module")
+def generated():
+    return list(generate(**ARGS))
+
+
+def test_every_mask_read_back_equals_the_mask_drawn(synth_root, generated):
+    drawn = {}
+    for item in generated:
+        for mask in item.masks:
+            drawn[len(drawn) + 1] = mask  # annotation ids count the shapes in order
+    index = ReferIndex.load(synth_root, "synthref", "unc", progress=False)
+    refs = [ref for split in index.splits for ref in index.refs(split)]
+    assert len(refs) == sum(len(item.expressions) for item in generated)
+    for ref in refs:
+        np.testing.assert_array_equal(index.mask(ref.ref_id), drawn[ref.ann_id])
+    # Both segmentation forms are among the referred annotations.
+    instances = json.loads((synth_root / "synthref" / "instances.json").read_text())
+    forms = {type(a["segmentation"]).__name__ for a in instances["annotations"] if a["id"] in {r.ann_id for r in refs}}
+    assert forms == {"list", "dict"}
+
+
+def test_shapes_are_painted_flat_exactly_on_their_masks(synth_root, generated):
+    for item in generated[:4]:
+        covered = np.zeros(item.pixels.shape[:2], bool)
+        for shape, mask in zip(item.shapes, item.masks):
+            inside = item.pixels[mask.astype(bool)]
+            assert (inside == inside[0]).all() and np.abs(inside[0].astype(int) - COLOURS[shape.colour]).max() <= 12
+            covered |= mask.astype(bool)
+        background = item.pixels[~covered]
+        assert (background == background[0]).all() and len(set(background[0])) == 1
+        stored = np.asarray(Image.open(synth_root / "images" / "train2014" / item.file_name)).astype(int)
+        assert np.abs(stored - item.pixels).mean() < 3
+
+
+def test_every_expression_means_its_shape_and_no_other(generated):
+    for item in generated:
+        for k, texts in item.expressions.items():
+            for text in texts:
+                assert _resolve(text, item.shapes) == [item.shapes[k]], text
+
+
+def test_no_single_word_finds_a_referred_shape(generated):
+    for item in generated:
+        for k in item.expressions:
+            target = item.shapes[k]
+            assert sum(s.colour == target.colour for s in item.shapes) >= 2
+            assert sum(s.kind == target.kind for s in item.shapes) >= 2
+
+
+def test_expressions_use_colour_kind_size_position_and_relation_words(generated):
+    texts = [t for item in generated for ts in item.expressions.values() for t in ts]
+    words = set(" ".join(texts).split())
+    assert words & set(COLOURS) and words & {w for ws in KIND_WORDS.values() for w in ws}
+    assert words & {w for ws in SIZE_WORDS.values() for w in ws}
+    assert any(p in t for t in texts for p in EXTREMES)
+    assert any(f" {p} the " in t for t in texts for p in RELATIONS)
+    assert all(3 <= len(item.shapes) <= 6 for item in generated)
+
+
+def test_files_are_in_the_refer_layout(synth_root):
+    refs = load_plain_pickle(synth_root / "synthref" / "refs(unc).p")
+    assert {r["split"] for r in refs} == {"train", "val", "testA", "testB"}
+    instances = json.loads((synth_root / "synthref" / "instances.json").read_text())
+    files = {image["id"]: image["file_name"] for image in instances["images"]}
+    for ref in refs:
+        assert set(ref) >= {"ref_id", "ann_id", "image_id", "split", "sentences", "sent_ids", "category_id", "file_name"}
+        assert ref["file_name"] == files[ref["image_id"]].replace(".jpg", f"_{ref['ann_id']}.jpg")
+        assert not (synth_root / "images" / "train2014" / ref["file_name"]).exists()
+        assert (synth_root / "images" / "train2014" / files[ref["image_id"]]).is_file()
+        assert all(s["tokens"] == s["sent"].split() for s in ref["sentences"])
+
+
+def _digest(root):
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "cache" not in p.parts)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_same_seed_writes_the_same_bytes(synth_root, tmp_path):
+    write_synthetic(tmp_path / "again", **ARGS, progress=False)
+    assert _digest(tmp_path / "again") == _digest(synth_root)
+    write_synthetic(tmp_path / "other", **{**ARGS, "seed": 4}, progress=False)
+    assert _digest(tmp_path / "other")["synthref/instances.json"] != _digest(synth_root)["synthref/instances.json"]
+
+
+def test_synth_command_writes_and_counts(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path), "--images", "3", "1", "1", "1", "--size", "96", "72"]) == 0
+    out = capsys.readouterr().out
+    index = ReferIndex.load(tmp_path, "synthref", "unc", progress=False)
+    train = index.refs("train")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["train"] == [str(len(train)), str(sum(len(r.sentences) for r in train)), "3"]
+    assert "data.dataset=synthref" in out
+
+
+def test_synth_command_refuses_a_tiny_image(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path), "--size", "16", "16"]) == 2
+    assert "--size must be at least 32 x 32" in capsys.readouterr().err
