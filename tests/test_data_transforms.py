@@ -108,3 +108,8 @@ def test_inverse_keeps_leading_dimensions_and_reads_the_map_bilinearly():
     expected[[0, -1]] = 0.6
     expected[[1, -2]] = 0.8
     torch.testing.assert_close(restored, expected.view(30, 1).expand(2, 1, 30, 40))
+
+
+def test_non_rgb_image_is_refused():
+    with pytest.raises(ValueError, match="got mode L"):
+        Letterbox(32)(Image.new("L", (8, 8)))

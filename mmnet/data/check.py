@@ -43,7 +43,7 @@ def image_problems(index: ReferIndex, *, workers: int, progress: bool = True) ->
 
 
 def run_check(args) -> int:
-    files = ReferFiles.locate(args.root, args.dataset, args.split_by, image_dir=args.image_dir)
+    files = ReferFiles(args.root, args.dataset, args.split_by, image_dir=args.image_dir)
     files.require()
     payload, problems = parse_refer(files)
     index = ReferIndex(files, payload)

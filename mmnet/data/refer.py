@@ -53,34 +53,22 @@ class ImageRecord(NamedTuple):
     width: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReferFiles:
     """Where the files of one dataset and split-by lie."""
 
     root: Path
     dataset: str
     split_by: str
-    image_dir: Path
-    cache_dir: Path
+    image_dir: Optional[Path] = None
+    """None means <root>/images/train2014."""
+    cache_dir: Optional[Path] = None
+    """None means <root>/<dataset>/cache."""
 
-    @classmethod
-    def locate(
-        cls,
-        root: str | Path,
-        dataset: str,
-        split_by: str,
-        *,
-        image_dir: Optional[str | Path] = None,
-        cache_dir: Optional[str | Path] = None,
-    ) -> "ReferFiles":
-        root = Path(root)
-        return cls(
-            root=root,
-            dataset=dataset,
-            split_by=split_by,
-            image_dir=Path(image_dir) if image_dir is not None else root / "images" / "train2014",
-            cache_dir=Path(cache_dir) if cache_dir is not None else root / dataset / "cache",
-        )
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.image_dir = Path(self.image_dir) if self.image_dir is not None else self.root / "images" / "train2014"
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.root / self.dataset / "cache"
 
     @property
     def refs_path(self) -> Path:
@@ -115,7 +103,7 @@ class ReferIndex:
     def __init__(self, files: ReferFiles, payload: dict[str, list]):
         self.files = files
         self._images = {row[0]: ImageRecord(*row) for row in payload["images"]}
-        self._masks = dict((ann_id, counts) for ann_id, counts in payload["masks"])
+        self._masks = dict(payload["masks"])
         self._refs: dict[int, Ref] = {}
         self._splits: dict[str, list[int]] = {}
         for ref_id, ann_id, image_id, split, sentences in payload["refs"]:
@@ -138,7 +126,7 @@ class ReferIndex:
 
         Raises DataError naming the file at the first problem with the source files.
         """
-        files = ReferFiles.locate(root, dataset, split_by, image_dir=image_dir, cache_dir=cache_dir)
+        files = ReferFiles(root, dataset, split_by, image_dir=image_dir, cache_dir=cache_dir)
         files.require()
         signature = files.signature()
         payload = _read_cache(files.cache_path, signature)

@@ -61,6 +61,8 @@ class Letterbox:
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, Geometry]:
         """RGB PIL image of W x H -> (float image 3 x S x S, its Geometry)."""
+        if image.mode != "RGB":
+            raise ValueError(f"Letterbox takes RGB images (mmnet.data.images.load_image makes them), got mode {image.mode}")
         geometry = letterbox_geometry(height=image.height, width=image.width, size=self.size)
         resized = image.resize((geometry.resized_width, geometry.resized_height), Image.Resampling.BICUBIC)
         pixels = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
