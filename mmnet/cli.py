@@ -19,6 +19,18 @@ def _info(args) -> int:
     return run_info(args)
 
 
+def _train(args) -> int:
+    from mmnet.train import run_train
+
+    return run_train(args)
+
+
+def _eval(args) -> int:
+    from mmnet.evaluate import run_eval
+
+    return run_eval(args)
+
+
 def _data_synth(args) -> int:
     from mmnet.data.synth import run_synth
 
@@ -39,6 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(info)
     info.add_argument("--json", help="also write the figures to this JSON file")
     info.set_defaults(func=_info)
+
+    train = commands.add_parser("train", help="train MMNet (one process, or one per GPU under torchrun)")
+    _add_config_args(train)
+    train.add_argument("--resume", help="checkpoint directory to continue from, or 'auto' for <output_dir>/last")
+    train.add_argument("--stop-after-epochs", type=int, help="end this run after N epochs with a resumable checkpoint")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="mIoU, oIoU and Pr@0.5-0.9 of a checkpoint on dataset splits")
+    _add_config_args(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/x/best)")
+    evaluate.add_argument("--split", action="append", required=True, help="split name; repeat for several")
+    evaluate.add_argument("--vis", help="save a picture per expression (image, truth, prediction, query masks) here")
+    evaluate.add_argument("--vis-limit", type=int, help="draw at most this many expressions per split")
+    evaluate.add_argument("--out", help="metrics JSON (default <checkpoint>/eval.json)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    evaluate.set_defaults(func=_eval)
 
     data = commands.add_parser("data", help="build or check a dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

@@ -215,10 +215,7 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
     return _build(Config, values, "", source).validate()
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
-    """Reads a YAML file (or starts from the defaults) and applies ``key.sub=value`` overrides."""
-    values: dict = _read_yaml(Path(path)) if path is not None else {}
-    source = str(path) if path is not None else "defaults"
+def _apply_overrides(values: dict, overrides: Iterable[str]) -> None:
     for text in overrides:
         keys, value = parse_override(text)
         node = values
@@ -227,8 +224,22 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{k}' is not a section")
         node[keys[-1]] = value
-        source = f"{source} + overrides"
-    return config_from_dict(values, source)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Reads a YAML file (or starts from the defaults) and applies ``key.sub=value`` overrides."""
+    values: dict = _read_yaml(Path(path)) if path is not None else {}
+    overrides = list(overrides)
+    _apply_overrides(values, overrides)
+    source = str(path) if path is not None else "defaults"
+    return config_from_dict(values, f"{source} + overrides" if overrides else source)
+
+
+def with_overrides(config: Config, overrides: Iterable[str]) -> Config:
+    """A copy of ``config`` with ``key.sub=value`` overrides applied."""
+    values = config_to_dict(config)
+    _apply_overrides(values, overrides)
+    return config_from_dict(values, "overrides")
 
 
 def config_to_dict(config) -> dict:

@@ -1,0 +1,129 @@
+"""Checkpoints: a directory with the weights (model.safetensors), the full config (config.json)
+and, for training, the state to resume from (state.pt).
+
+A directory is written under a temporary name and renamed into place, so a run killed while
+saving leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from mmnet.config import Config, config_from_dict, config_to_dict
+from mmnet.errors import MMNetError
+from mmnet.weights import read_state_dict
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.pt"
+
+
+class CheckpointError(MMNetError):
+    """A checkpoint that is missing, incomplete, or made for another model."""
+
+
+def save_checkpoint(directory: str | Path, *, model: nn.Module, config: Config, state: Optional[dict] = None) -> Path:
+    """Writes ``directory`` atomically: weights, config and (optionally) the training state."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(staging / MODEL_FILE), metadata={"format": "pt"})
+    (staging / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2))
+    if state is not None:
+        torch.save(state, staging / STATE_FILE)
+    retired = directory.with_name(f"{directory.name}.old")
+    if directory.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(directory, retired)
+    os.replace(staging, directory)
+    shutil.rmtree(retired, ignore_errors=True)
+    return directory
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory at ``path``, or the one a save interrupted mid-swap left behind."""
+    path = Path(path)
+    for candidate in (path, path.with_name(f"{path.name}.old")):
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+    if path.is_file():
+        raise CheckpointError(f"{path}: a checkpoint is a directory holding {MODEL_FILE} and {CONFIG_FILE}; give the directory")
+    raise CheckpointError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
+
+
+def read_config(directory: Path) -> Config:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the checkpoint does not say which model it holds")
+    try:
+        return config_from_dict(json.loads(path.read_text()), source=str(path))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_weights(model: nn.Module, directory: Path) -> None:
+    """Loads ``model.safetensors`` strictly, naming the file and the first mismatch when it does not fit."""
+    path = directory / MODEL_FILE
+    weights, _ = read_state_dict(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            detail.append(f"{len(wrong)} of another shape (e.g. {k}: file {tuple(weights[k].shape)}, model {tuple(expected[k].shape)})")
+        raise CheckpointError(f"{path} does not fit this model: " + "; ".join(detail))
+    model.load_state_dict(weights)
+
+
+def load_state(directory: Path) -> dict:
+    path = directory / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: this checkpoint holds weights only and cannot resume training")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable training state ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+
+
+def rng_state() -> dict:
+    """Every random generator training draws from, in a form ``torch.load(weights_only=True)`` reads."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": numpy_state[2], "gauss": [numpy_state[3], numpy_state[4]]},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], *numpy["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+

@@ -1,0 +1,212 @@
+"""The two loops: one training epoch, and evaluation at the original image resolution."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mmnet import distributed
+from mmnet.data.transforms import to_original
+from mmnet.errors import MMNetError
+from mmnet.metrics import intersection_union, iou, summarize
+from mmnet.modeling import mask_loss
+
+
+class NonFiniteLossError(MMNetError):
+    """The loss became NaN or infinite; training stops without saving the broken weights."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands: what a checkpoint must carry to resume exactly."""
+
+    epoch: int = 0
+    """The epoch in progress (0-based)."""
+    step: int = 0
+    """Optimizer steps taken since the start."""
+    epoch_step: int = 0
+    """Optimizer steps taken in the epoch in progress."""
+    best_miou: float = -1.0
+    history: list = field(default_factory=list)
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on GPUs (no loss scaling needed); full precision on CPUs."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batch_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """IoU per sample at the logits' resolution, for the progress bar: B."""
+    target = torch.nn.functional.interpolate(masks.float(), size=logits.shape[-2:], mode="nearest") > 0.5
+    pred = logits.detach().float().sigmoid() > threshold
+    return iou(*intersection_union(pred[:, 0], target[:, 0]))
+
+
+def train_one_epoch(
+    *,
+    model: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    ctx: distributed.Context,
+    state: TrainState,
+    accumulation: int,
+    samples_per_step: int,
+    grad_clip: float,
+    bf16: bool,
+    threshold: float,
+    log: Callable[[dict], None],
+    log_every: int,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """Runs the rest of ``state.epoch``: an optimizer step every ``accumulation`` micro-batches.
+
+    Returns True when a stop was requested (by a signal, on any process) and the loop ended
+    after a whole optimizer step.
+    """
+    model.train()
+    steps_left = len(loader) // accumulation
+    bar = tqdm(total=steps_left, desc=f"epoch {state.epoch + 1}", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
+    loss_sum = torch.zeros((), device=ctx.device)
+    iou_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    window = {"loss": 0.0, "iou": 0.0, "steps": 0, "start": time.perf_counter()}
+    stopped = False
+    for index, batch in enumerate(loader):
+        if index // accumulation >= steps_left:
+            break
+        images = batch["image"].to(ctx.device, non_blocking=True)
+        tokens = batch["tokens"].to(ctx.device, non_blocking=True)
+        masks = batch["mask"].to(ctx.device, non_blocking=True)
+        last_micro = (index + 1) % accumulation == 0
+        no_sync = model.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
+        with no_sync:
+            with autocast(ctx.device, bf16):
+                logits = model(images, tokens)["logits"]
+            loss = mask_loss(logits, masks)
+            (loss / accumulation).backward()
+        loss_sum += loss.detach() / accumulation
+        iou_sum += batch_iou(logits, masks, threshold).mean() / accumulation
+        if not last_micro:
+            continue
+
+        # One all-reduce per step decides for every process: a bad loss anywhere, or a signal anywhere.
+        flags = distributed.all_reduce_sum(
+            torch.stack([(~torch.isfinite(loss_sum)).float(), torch.tensor(float(stop_requested()), device=ctx.device)])
+        )
+        if flags[0] > 0:
+            raise NonFiniteLossError(
+                f"the loss became {loss_sum.item()} at epoch {state.epoch + 1}, step {state.step + 1}; "
+                "training stopped and the last checkpoint was kept (try a lower train.lr or train.grad_clip)"
+            )
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        state.step += 1
+        state.epoch_step += 1
+
+        window["loss"] += float(loss_sum)
+        window["iou"] += float(iou_sum)
+        window["steps"] += 1
+        loss_sum.zero_()
+        iou_sum.zero_()
+        if window["steps"] == log_every or state.epoch_step == steps_left or flags[1] > 0:
+            elapsed = time.perf_counter() - window["start"]
+            record = {
+                "epoch": state.epoch + 1,
+                "step": state.step,
+                "loss": window["loss"] / window["steps"],
+                "iou": 100.0 * window["iou"] / window["steps"],
+                "lr": optimizer.param_groups[-1]["lr"],
+                "samples_per_s": window["steps"] * samples_per_step / max(elapsed, 1e-9),
+            }
+            log(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", iou=f"{record['iou']:.1f}", samples_s=f"{record['samples_per_s']:.1f}")
+            window = {"loss": 0.0, "iou": 0.0, "steps": 0, "start": time.perf_counter()}
+        bar.update(1)
+        if flags[1] > 0:
+            stopped = True
+            break
+    bar.close()
+    return stopped
+
+
+def sample_maps(outputs: dict[str, torch.Tensor], index: int, geometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``index``'s probability map (H x W) and its queries' (M x H x W) at the original size."""
+    probability = to_original(outputs["logits"][index, 0].float().sigmoid(), geometry)
+    queries = to_original(outputs["query_masks"][index].float().sigmoid(), geometry)
+    return probability, queries
+
+
+@torch.inference_mode()
+def evaluate(
+    *,
+    model: nn.Module,
+    loader,
+    ctx: distributed.Context,
+    threshold: float,
+    bf16: bool,
+    desc: str = "eval",
+    on_sample: Optional[Callable[[dict[str, Any], int, dict[str, torch.Tensor], torch.Tensor, float], None]] = None,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Predicts every expression of this process's shard, compares at the original resolution,
+    and gathers all processes' records.
+
+    Args:
+        model: MMNet (not wrapped in DDP: shards may differ in length).
+        on_sample: called as (batch, index in batch, outputs, probability map, IoU) for each
+            expression, e.g. to draw it.
+    Returns:
+        the summary (mIoU, oIoU, Pr@X in percent, count) and one record per expression
+        (sent_id, ref_id, image_id, intersection, union, iou).
+    """
+    model.eval()
+    records = []
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
+        with autocast(ctx.device, bf16):
+            outputs = model(batch["image"].to(ctx.device), batch["tokens"].to(ctx.device))
+        probs = outputs["logits"].float().sigmoid().cpu()
+        for b, geometry in enumerate(batch["geometry"]):
+            probability = to_original(probs[b, 0], geometry)
+            intersection, union = intersection_union(probability > threshold, batch["mask"][b].bool())
+            value = float(iou(intersection, union))
+            records.append(
+                {
+                    "sent_id": int(batch["sent_id"][b]),
+                    "ref_id": int(batch["ref_id"][b]),
+                    "image_id": int(batch["image_id"][b]),
+                    "intersection": int(intersection),
+                    "union": int(union),
+                    "iou": value,
+                }
+            )
+            if on_sample is not None:
+                on_sample(batch, b, outputs, probability, value)
+    records = [r for shard in distributed.all_gather_objects(records) for r in shard]
+    records.sort(key=lambda r: r["sent_id"])
+    if not records:
+        raise MMNetError("the evaluation split holds no expressions")
+    return summarize([r["intersection"] for r in records], [r["union"] for r in records]), records
+
+
+def steps_per_epoch(samples_per_process: int, micro_batch: int, accumulation: int) -> int:
+    return (samples_per_process // micro_batch) // accumulation
+
+
+def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
+    """The learning-rate factor after ``step`` optimizer steps: (1 - step / total) ** power."""
+
+    def factor(step: int) -> float:
+        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+
+    return factor
+

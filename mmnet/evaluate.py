@@ -1,0 +1,118 @@
+"""``mmnet eval``: the paper's metrics of a checkpoint on one or more splits, and Figure-5 pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from torch.utils.data import DataLoader
+
+from mmnet import distributed
+from mmnet.build import build_mmnet
+from mmnet.checkpoint import find_checkpoint, load_weights, read_config
+from mmnet.config import Config, load_config, with_overrides
+from mmnet.data.datasets import ReferEvalDataset, collate_eval
+from mmnet.data.images import load_image
+from mmnet.data.refer import ReferIndex
+from mmnet.engine import evaluate, sample_maps
+from mmnet.metrics import format_table
+from mmnet.visualize import expression_panel
+
+
+def _config_for(checkpoint: Path, config_path: Optional[str], overrides: list[str]) -> Config:
+    """The data and eval settings from ``--config`` (or the checkpoint's own), the model settings
+    always from the checkpoint: they describe its weights."""
+    saved = read_config(checkpoint)
+    config = load_config(config_path, overrides) if config_path else with_overrides(saved, overrides)
+    config.model = saved.model
+    return config
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    splits: list[str],
+    *,
+    config_path: Optional[str] = None,
+    overrides: tuple[str, ...] = (),
+    vis_dir: Optional[str | Path] = None,
+    vis_limit: Optional[int] = None,
+    device: Optional[str] = None,
+) -> dict[str, dict]:
+    """Metrics per split (mIoU, oIoU, Pr@0.5-0.9 in percent, count) of the checkpoint at ``checkpoint``."""
+    directory = find_checkpoint(checkpoint)
+    config = _config_for(directory, config_path, list(overrides))
+    with distributed.session(device) as ctx:
+        model = build_mmnet(config.model, load_clip_weights=False)
+        load_weights(model, directory)
+        model.to(ctx.device)
+        index = ReferIndex.from_config(config.data, progress=ctx.is_main)
+        results = {}
+        for split in splits:
+            dataset = ReferEvalDataset(index, split=split, image_size=config.model.image_size, context_length=config.model.context_length)
+            loader = DataLoader(
+                dataset,
+                batch_size=config.eval.batch_size,
+                sampler=distributed.ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
+                collate_fn=collate_eval,
+                num_workers=config.data.num_workers,
+            )
+            drawn = {"count": 0}
+
+            def draw(batch, b, outputs, probability, value, split=split):
+                if vis_limit is not None and drawn["count"] >= vis_limit:
+                    return
+                drawn["count"] += 1
+                save_panel(Path(vis_dir) / split, index, batch, b, outputs, value, config.eval.threshold)
+
+            metrics, records = evaluate(
+                model=model,
+                loader=loader,
+                ctx=ctx,
+                threshold=config.eval.threshold,
+                bf16=config.train.bf16,
+                desc=split,
+                on_sample=draw if vis_dir is not None else None,
+            )
+            results[split] = {"metrics": metrics, "records": records}
+        return results
+
+
+def save_panel(folder: Path, index: ReferIndex, batch, b: int, outputs, value: float, threshold: float) -> Path:
+    """Writes ``<folder>/<sent_id>.png``: image, ground truth, prediction and scored query masks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probability, queries = sample_maps(outputs, b, batch["geometry"][b])
+    panel = expression_panel(
+        load_image(index.image_path(int(batch["image_id"][b]))),
+        batch["sentence"][b],
+        ground_truth=batch["mask"][b].numpy(),
+        probability=probability.numpy(),
+        threshold=threshold,
+        query_probabilities=list(queries.numpy()),
+        query_scores=[float(s) for s in outputs["query_scores"][b].float().cpu()],
+        iou=value,
+    )
+    path = folder / f"{int(batch['sent_id'][b])}.png"
+    panel.save(path)
+    return path
+
+
+def run_eval(args) -> int:
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        args.split,
+        config_path=args.config,
+        overrides=tuple(args.overrides),
+        vis_dir=args.vis,
+        vis_limit=args.vis_limit,
+        device=args.device,
+    )
+    print(format_table({split: r["metrics"] for split, r in results.items()}))
+    out = Path(args.out) if args.out else find_checkpoint(args.checkpoint) / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({split: r["metrics"] for split, r in results.items()}, indent=2))
+    print(f"metrics written to {out}")
+    if args.vis:
+        print(f"pictures written to {args.vis}/<split>/<sent_id>.png")
+    return 0
+

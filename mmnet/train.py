@@ -1,0 +1,285 @@
+"""``mmnet train``: the training run of Sec. 4.1, in one process or under torchrun.
+
+Adam with polynomial decay, gradients accumulated up to ``train.batch_size`` samples per step
+over all processes, bf16 autocast on GPUs, validation every epoch, ``last`` and ``best``
+checkpoints written atomically, exact resumption, and a clean stop on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from mmnet import distributed
+from mmnet.build import build_mmnet
+from mmnet.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_state,
+    load_weights,
+    read_config,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from mmnet.config import Config, ConfigError, config_to_dict, load_config, save_config
+from mmnet.data.datasets import ReferEvalDataset, ReferTrainDataset, collate_eval
+from mmnet.data.refer import ReferIndex
+from mmnet.engine import TrainState, evaluate, poly_schedule, steps_per_epoch, train_one_epoch
+from mmnet.modeling import MMNet
+
+PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
+
+
+def parameter_groups(model: MMNet, *, lr: float, backbone_lr_mult: float) -> list[dict]:
+    """The pretrained CLIP towers at ``lr * backbone_lr_mult``, everything new at ``lr``."""
+    backbone, heads = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith(PRETRAINED_PREFIXES) else heads).append(parameter)
+    return [{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": heads, "lr": lr}]
+
+
+def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
+    """(micro-batch per process, micro-batches accumulated per optimizer step)."""
+    batch = config.train.batch_size
+    micro = config.train.micro_batch_size or batch // world_size
+    if micro < 1 or batch % (micro * world_size):
+        raise ConfigError(
+            f"train.batch_size={batch} must be a multiple of train.micro_batch_size ({micro}) x processes ({world_size})"
+        )
+    return micro, batch // (micro * world_size)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StopSignal:
+    """Turns the first SIGINT or SIGTERM into a request to stop after the current step; a second
+    one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\nmmnet: {signal.Signals(signum).name} received; saving a checkpoint after this step", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_resumable(saved: Config, config: Config, directory: Path) -> None:
+    if saved.model != config.model:
+        differing = [k for k, v in config_to_dict(config.model).items() if config_to_dict(saved.model)[k] != v]
+        raise CheckpointError(f"{directory} was trained with other model settings ({', '.join('model.' + k for k in differing)})")
+
+
+@dataclass
+class TrainResult:
+    model: MMNet
+    """The trained network (this process's copy)."""
+    output_dir: Path
+    state: TrainState
+    """Epochs and steps done, the best validation mIoU and the validation history."""
+    interrupted: bool
+    """True when a signal stopped the run before its last epoch."""
+
+
+def train(config: Config, *, resume: Optional[str] = None, stop_after_epochs: Optional[int] = None, device: Optional[str] = None) -> TrainResult:
+    """Trains as ``config`` says.
+
+    Args:
+        resume: a checkpoint directory to continue from, or ``auto`` for ``<output_dir>/last``
+            when it exists.
+        stop_after_epochs: end this run (with a resumable checkpoint) after so many epochs,
+            for jobs with a time limit.
+        device: ``cpu`` or ``cuda``; None picks a GPU when there is one.
+    """
+    with distributed.session(device) as ctx:
+        return _train(config, ctx, resume=resume, stop_after_epochs=stop_after_epochs)
+
+
+def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], stop_after_epochs: Optional[int]) -> TrainResult:
+    output = Path(config.train.output_dir)
+    micro, accumulation = batch_plan(config, ctx.world_size)
+    seed_everything(config.train.seed)
+
+    # The main process builds (or validates) the index cache first; the others then read it.
+    if ctx.is_main:
+        index = ReferIndex.from_config(config.data)
+    distributed.barrier()
+    if not ctx.is_main:
+        index = ReferIndex.from_config(config.data, progress=False)
+    size, length = config.model.image_size, config.model.context_length
+    train_set = ReferTrainDataset(index, split=config.data.train_split, image_size=size, context_length=length, seed=config.train.seed)
+    val_set = ReferEvalDataset(index, split=config.data.val_split, image_size=size, context_length=length)
+    train_sampler = distributed.ShardSampler(
+        len(train_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=True, seed=config.train.seed
+    )
+    # Loaders draw their worker seeds from their own generators, not the global one that dropout
+    # uses, so that a run resumed mid-epoch draws the same random numbers as one never stopped.
+    loader_options = {
+        "num_workers": config.data.num_workers,
+        "pin_memory": ctx.device.type == "cuda",
+        "generator": torch.Generator().manual_seed(config.train.seed),
+    }
+    train_loader = DataLoader(train_set, batch_size=micro, sampler=train_sampler, drop_last=True, **loader_options)
+    val_loader = DataLoader(
+        val_set,
+        batch_size=config.eval.batch_size,
+        sampler=distributed.ShardSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size),
+        collate_fn=collate_eval,
+        **loader_options,
+    )
+    per_epoch = steps_per_epoch(len(train_sampler), micro, accumulation)
+    if per_epoch == 0:
+        raise ConfigError(
+            f"{len(train_set)} training refs give no full step of train.batch_size={config.train.batch_size}; lower it"
+        )
+
+    model = build_mmnet(config.model).to(ctx.device)
+    optimizer = torch.optim.Adam(
+        parameter_groups(model, lr=config.train.lr, backbone_lr_mult=config.train.backbone_lr_mult),
+        weight_decay=config.train.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(per_epoch * config.train.epochs, config.train.lr_power))
+    state = TrainState()
+
+    if resume == "auto":
+        resume = str(output / "last") if (output / "last").exists() or (output / "last.old").exists() else None
+    if resume is not None:
+        directory = find_checkpoint(resume)
+        _check_resumable(read_config(directory), config, directory)
+        load_weights(model, directory)
+        saved = load_state(directory)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = TrainState(**saved["train_state"])
+        set_rng_state(saved["rng"])
+        if ctx.is_main:
+            print(f"mmnet: resuming from {directory} at epoch {state.epoch + 1}, step {state.step}", flush=True)
+
+    wrapped = model
+    if ctx.distributed:
+        if ctx.device.type == "cuda":  # batch statistics over all GPUs; gloo on CPUs has no SyncBatchNorm
+            wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    log_file, writer = None, None
+    if ctx.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(config, output / "config.yaml")
+        log_file = (output / "log.jsonl").open("a")
+        writer = _tensorboard(output) if config.train.tensorboard else None
+
+    def log(record: dict) -> None:
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    writer.add_scalar(f"train/{key}", value, record["step"])
+
+    def checkpoint(name: str) -> Path:
+        payload = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "train_state": vars(state),
+            "rng": rng_state(),
+        }
+        return save_checkpoint(output / name, model=model, config=config, state=payload)
+
+    epochs_run = 0
+    interrupted = False
+    with StopSignal() as stop:
+        while state.epoch < config.train.epochs:
+            train_set.set_epoch(state.epoch)
+            train_sampler.set_epoch(state.epoch, skip=state.epoch_step * accumulation * micro)
+            interrupted = train_one_epoch(
+                model=wrapped,
+                loader=train_loader,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                ctx=ctx,
+                state=state,
+                accumulation=accumulation,
+                samples_per_step=config.train.batch_size,
+                grad_clip=config.train.grad_clip,
+                bf16=config.train.bf16,
+                threshold=config.eval.threshold,
+                log=log,
+                log_every=config.train.log_every,
+                stop_requested=lambda: stop.requested,
+            )
+            if interrupted:
+                if ctx.is_main:
+                    path = checkpoint("last")
+                    print(f"mmnet: stopped; resume with --resume {path}", flush=True)
+                break
+            distributed.broadcast_buffers(model)  # every process validates and saves the same model
+            metrics, _ = evaluate(
+                model=model, loader=val_loader, ctx=ctx, threshold=config.eval.threshold, bf16=config.train.bf16, desc=f"val {state.epoch + 1}"
+            )
+            state.epoch += 1
+            state.epoch_step = 0
+            state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
+            log({"epoch": state.epoch, "step": state.step, "val": metrics})
+            if writer is not None:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", value, state.step)
+            is_best = metrics["mIoU"] > state.best_miou
+            if is_best:
+                state.best_miou = metrics["mIoU"]
+            if ctx.is_main:
+                print(f"epoch {state.epoch}: val mIoU {metrics['mIoU']:.2f}, oIoU {metrics['oIoU']:.2f}", flush=True)
+                checkpoint("last")
+                if is_best:
+                    checkpoint("best")
+            distributed.barrier()
+            epochs_run += 1
+            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                break
+    if log_file is not None:
+        log_file.close()
+    if writer is not None:
+        writer.close()
+    return TrainResult(model=model, output_dir=output, state=state, interrupted=interrupted)
+
+
+def _tensorboard(output: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("mmnet: tensorboard is not installed; logging to log.jsonl only", flush=True)
+        return None
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+def run_train(args) -> int:
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, device=args.device)
+    return 130 if result.interrupted else 0

@@ -1,0 +1,75 @@
+"""Pictures of predictions as in the paper's Figure 5: the image, the ground truth, the final mask,
+and every query's mask with its score."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+TILE = 160
+CAPTION = 16
+GROUND_TRUTH = (40, 200, 80)
+PREDICTION = (230, 50, 50)
+QUERY = (60, 120, 255)
+
+
+def overlay(image: Image.Image, weight: np.ndarray | torch.Tensor, colour: tuple[int, int, int], *, alpha: float = 0.6) -> Image.Image:
+    """Tints ``image`` by ``weight`` (H x W in [0, 1], a mask or a probability map) in ``colour``."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    weight = np.asarray(weight, dtype=np.float32)[..., None] * alpha
+    tinted = pixels * (1 - weight) + np.asarray(colour, dtype=np.float32) * weight
+    return Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
+
+
+def _tile(image: Image.Image, caption: str) -> Image.Image:
+    scale = TILE / max(image.size)
+    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
+    tile.paste(resized, ((TILE - resized.width) // 2, CAPTION + (TILE - resized.height) // 2))
+    ImageDraw.Draw(tile).text((3, 2), caption, fill="black")
+    return tile
+
+
+def expression_panel(
+    image: Image.Image,
+    sentence: str,
+    *,
+    ground_truth: Optional[np.ndarray],
+    probability: np.ndarray,
+    threshold: float,
+    query_probabilities: Sequence[np.ndarray],
+    query_scores: Sequence[float],
+    iou: Optional[float] = None,
+    columns: int = 6,
+) -> Image.Image:
+    """One expression: a header row (image, ground truth, prediction) and the query masks, best
+    scored first, ``columns`` to a row. All maps are H x W at the image's size."""
+    header = [_tile(image, "image")]
+    if ground_truth is not None:
+        header.append(_tile(overlay(image, ground_truth, GROUND_TRUTH), "ground truth"))
+    label = "prediction" if iou is None else f"prediction, IoU {100 * iou:.1f}"
+    header.append(_tile(overlay(image, probability > threshold, PREDICTION), label))
+    order = np.argsort(-np.asarray(query_scores, dtype=np.float64), kind="stable")
+    queries = [_tile(overlay(image, query_probabilities[n], QUERY), f"query {n + 1}: {query_scores[n]:.2f}") for n in order]
+    rows = [header] + [queries[i : i + columns] for i in range(0, len(queries), columns)]
+    width = max(len(row) for row in rows) * TILE
+    panel = Image.new("RGB", (width, CAPTION + len(rows) * (TILE + CAPTION)), "white")
+    ImageDraw.Draw(panel).text((3, 2), f'"{sentence}"', fill="black")
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            panel.paste(tile, (c * TILE, CAPTION + r * (TILE + CAPTION)))
+    return panel
+
+
+def stack(panels: Sequence[Image.Image], *, gap: int = 8) -> Image.Image:
+    """Panels one below the other."""
+    width = max(p.width for p in panels)
+    sheet = Image.new("RGB", (width, sum(p.height for p in panels) + gap * (len(panels) - 1)), "white")
+    top = 0
+    for panel in panels:
+        sheet.paste(panel, (0, top))
+        top += panel.height + gap
+    return sheet

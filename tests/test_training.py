@@ -1,0 +1,175 @@
+"""Training and evaluation end to end on a small synthetic set: exact resumption, clean stops,
+non-finite losses, checkpoints, and two processes under torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmnet import engine
+from mmnet.checkpoint import CheckpointError, find_checkpoint, load_state
+from mmnet.config import Config, DataConfig, EvalConfig, TrainConfig, save_config
+from mmnet.engine import NonFiniteLossError
+from mmnet.evaluate import evaluate_checkpoint
+from mmnet.train import train
+from tiny import tiny_model_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_run_config(data_root: Path, output_dir: Path, **train_changes) -> Config:
+    train_settings = TrainConfig(
+        epochs=2,
+        batch_size=4,
+        micro_batch_size=2,  # two micro-batches accumulate into each step
+        lr=1e-3,
+        grad_clip=1.0,
+        output_dir=str(output_dir),
+        log_every=1,
+        tensorboard=False,
+        seed=5,
+    )
+    return Config(
+        model=tiny_model_config(dropout=0.1),  # dropout draws random numbers, which resumption must restore
+        data=DataConfig(root=str(data_root), dataset="synthref", split_by="unc", num_workers=0),
+        train=dataclasses.replace(train_settings, **train_changes),
+        eval=EvalConfig(batch_size=3),
+    )
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []
+
+
+def test_two_epochs_equal_one_epoch_plus_a_resumed_one(synth_root, tmp_path):
+    straight = train(tiny_run_config(synth_root, tmp_path / "straight"), device="cpu")
+    assert straight.state.epoch == 2 and not straight.interrupted
+
+    first = train(tiny_run_config(synth_root, tmp_path / "resumed"), device="cpu", stop_after_epochs=1)
+    assert first.state.epoch == 1
+    second = train(tiny_run_config(synth_root, tmp_path / "resumed"), device="cpu", resume="auto")
+    assert second.state.epoch == 2 and second.state.step == straight.state.step
+
+    assert_same_weights(weights(tmp_path / "straight" / "last"), weights(tmp_path / "resumed" / "last"))
+    a, b = load_state(tmp_path / "straight" / "last"), load_state(tmp_path / "resumed" / "last")
+    for group_a, group_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(group_a["exp_avg_sq"], group_b["exp_avg_sq"])
+    assert a["train_state"]["history"] == b["train_state"]["history"]
+
+
+def test_signal_stops_after_a_step_and_resumes_exactly_mid_epoch(synth_root, tmp_path):
+    config = tiny_run_config(synth_root, tmp_path / "signalled", epochs=3)
+    save_config(config, tmp_path / "run.yaml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmnet.cli", "train", "--config", str(tmp_path / "run.yaml"), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
+    log = tmp_path / "signalled" / "log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().strip()) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 130, output
+    assert "SIGTERM received" in output and "resume with --resume" in output
+    stopped_at = load_state(find_checkpoint(tmp_path / "signalled" / "last"))["train_state"]
+    assert stopped_at["step"] >= 1 and stopped_at["epoch"] < 3
+
+    train(config, device="cpu", resume="auto")
+    straight = train(tiny_run_config(synth_root, tmp_path / "straight", epochs=3), device="cpu")
+    assert_same_weights(weights(tmp_path / "straight" / "last"), weights(tmp_path / "signalled" / "last"))
+    assert straight.state.epoch == 3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tmp_path, monkeypatch):
+    config = tiny_run_config(synth_root, tmp_path / "run")
+    train(config, device="cpu", stop_after_epochs=1)
+    good = weights(tmp_path / "run" / "last")
+
+    real_loss = engine.mask_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, masks):
+        calls["n"] += 1
+        loss = real_loss(logits, masks)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(engine, "mask_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"the loss became nan at epoch 2, step \d+; training stopped and the last checkpoint was kept"):
+        train(config, device="cpu", resume="auto")
+    assert_same_weights(good, weights(tmp_path / "run" / "last"))
+
+
+def test_checkpoints_are_swapped_in_whole(synth_root, tmp_path):
+    result = train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
+    last = tmp_path / "run" / "last"
+    assert sorted(p.name for p in last.iterdir()) == ["config.json", "model.safetensors", "state.pt"]
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+    assert not list((tmp_path / "run").glob("*.tmp-*")) and not list((tmp_path / "run").glob("*.old"))
+    # A save killed between its two renames leaves the previous checkpoint as last.old, which is found.
+    os.replace(last, tmp_path / "run" / "last.old")
+    assert find_checkpoint(last) == tmp_path / "run" / "last.old"
+    assert result.state.history[0]["count"] > 0
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        find_checkpoint(tmp_path / "nowhere")
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(synth_root, tmp_path):
+    train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
+    other = tiny_run_config(synth_root, tmp_path / "run")
+    other.model = dataclasses.replace(other.model, num_queries=6)
+    with pytest.raises(CheckpointError, match=r"trained with other model settings \(model.num_queries\)"):
+        train(other, device="cpu", resume="auto")
+
+
+def test_two_processes_under_torchrun(synth_root, tmp_path):
+    config = tiny_run_config(synth_root, tmp_path / "ddp", epochs=4, batch_size=4, micro_batch_size=2, lr=3e-3)
+    save_config(config, tmp_path / "run.yaml")
+    out = tmp_path / "workers"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "tests" / "distributed_worker.py"), str(tmp_path / "run.yaml"), str(out),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    # Both ranks end with identical weights.
+    assert_same_weights(load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors")))
+    # The loss falls.
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(losses) >= 8
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    # Evaluation gathered over the two ranks equals one process on the same checkpoint.
+    gathered = json.loads((out / "eval_rank0.json").read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: another thread count may round a pixel differently
+    try:
+        single = evaluate_checkpoint(tmp_path / "ddp" / "last", ["val", "testA"], device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    for split in ("val", "testA"):
+        ids = [r["sent_id"] for r in gathered[split]["records"]]
+        assert len(ids) == len(set(ids)) == single[split]["metrics"]["count"]
+        assert gathered[split]["records"] == single[split]["records"]
+        assert gathered[split]["metrics"] == single[split]["metrics"]
+    assert json.loads((out / "eval_rank1.json").read_text()) == gathered
