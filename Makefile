@@ -21,5 +21,8 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+demo: install
+	$(PY) -m mmnet.cli demo --out runs/demo
+
 clean:
 	rm -rf $(VENV) runs/demo

@@ -31,6 +31,12 @@ def _eval(args) -> int:
     return run_eval(args)
 
 
+def _demo(args) -> int:
+    from mmnet.demo import run_demo
+
+    return run_demo(args)
+
+
 def _data_synth(args) -> int:
     from mmnet.data.synth import run_synth
 
@@ -68,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="metrics JSON (default <checkpoint>/eval.json)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     evaluate.set_defaults(func=_eval)
+
+    demo = commands.add_parser("demo", help="synthesise data, train a small MMNet on CPU, evaluate, write a report")
+    demo.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="settings to override")
+    demo.add_argument("--out", default="runs/demo", help="folder for the data, the run, report.md and predictions.png")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
+    demo.add_argument("--images", type=int, nargs=4, default=[2000, 100, 100, 100], metavar=("TRAIN", "VAL", "TESTA", "TESTB"))
+    demo.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="synthetic image size")
+    demo.add_argument("--examples", type=int, default=6, help="examples drawn in predictions.png")
+    demo.set_defaults(func=_demo)
 
     data = commands.add_parser("data", help="build or check a dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")

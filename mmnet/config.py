@@ -82,6 +82,8 @@ class DataConfig:
     num_workers: int = 4
     cache_dir: Optional[str] = None
     """Where the parsed index is cached; None means <root>/<dataset>/cache."""
+    text_blind: bool = False
+    """Replace every expression with an empty one: a control showing what images alone give."""
 
 
 @dataclass

@@ -49,7 +49,13 @@ def evaluate_checkpoint(
         index = ReferIndex.from_config(config.data, progress=ctx.is_main)
         results = {}
         for split in splits:
-            dataset = ReferEvalDataset(index, split=split, image_size=config.model.image_size, context_length=config.model.context_length)
+            dataset = ReferEvalDataset(
+                index,
+                split=split,
+                image_size=config.model.image_size,
+                context_length=config.model.context_length,
+                text_blind=config.data.text_blind,
+            )
             loader = DataLoader(
                 dataset,
                 batch_size=config.eval.batch_size,

@@ -135,8 +135,11 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
     if not ctx.is_main:
         index = ReferIndex.from_config(config.data, progress=False)
     size, length = config.model.image_size, config.model.context_length
-    train_set = ReferTrainDataset(index, split=config.data.train_split, image_size=size, context_length=length, seed=config.train.seed)
-    val_set = ReferEvalDataset(index, split=config.data.val_split, image_size=size, context_length=length)
+    blind = config.data.text_blind
+    train_set = ReferTrainDataset(
+        index, split=config.data.train_split, image_size=size, context_length=length, seed=config.train.seed, text_blind=blind
+    )
+    val_set = ReferEvalDataset(index, split=config.data.val_split, image_size=size, context_length=length, text_blind=blind)
     train_sampler = distributed.ShardSampler(
         len(train_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=True, seed=config.train.seed
     )

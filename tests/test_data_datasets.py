@@ -88,3 +88,17 @@ def test_missing_image_names_the_file_when_read(handmade):
     with pytest.raises(DataError, match="image not found") as err:
         dataset[0]
     assert str(handmade.image_path(2)) in str(err.value)
+
+
+def test_text_blind_control_replaces_every_expression_with_an_empty_one(handmade):
+    index = _index(handmade)
+    empty = tokenize("", 17, allow_empty=True)[0]
+    assert empty.tolist()[:3] == [49406, 49407, 0]
+    blind_eval = ReferEvalDataset(index, split="val", image_size=SIZE, context_length=17, text_blind=True)
+    seeing_eval = ReferEvalDataset(index, split="val", image_size=SIZE, context_length=17)
+    for i in range(len(blind_eval)):
+        assert torch.equal(blind_eval[i]["tokens"], empty)
+        assert not torch.equal(seeing_eval[i]["tokens"], empty)
+        assert torch.equal(blind_eval[i]["mask"], seeing_eval[i]["mask"])
+    blind_train = ReferTrainDataset(index, split="train", image_size=SIZE, context_length=17, text_blind=True)
+    assert torch.equal(blind_train[0]["tokens"], empty)

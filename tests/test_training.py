@@ -173,3 +173,52 @@ def test_two_processes_under_torchrun(synth_root, tmp_path):
         assert gathered[split]["records"] == single[split]["records"]
         assert gathered[split]["metrics"] == single[split]["metrics"]
     assert json.loads((out / "eval_rank1.json").read_text()) == gathered
+
+
+def test_eval_command_prints_writes_json_and_draws_each_expression(synth_root, tmp_path, capsys):
+    from mmnet.cli import main
+
+    train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
+    capsys.readouterr()
+    code = main(
+        ["eval", "--checkpoint", str(tmp_path / "run" / "best"), "--split", "val", "--split", "testB",
+         "--vis", str(tmp_path / "vis"), "--out", str(tmp_path / "eval.json"), "--device", "cpu"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split()[:3] == ["split", "mIoU", "oIoU"]
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert set(metrics) == {"val", "testB"}
+    for split in ("val", "testB"):
+        pictures = sorted((tmp_path / "vis" / split).glob("*.png"))
+        assert len(pictures) == metrics[split]["count"] > 0
+        from PIL import Image
+
+        with Image.open(pictures[0]) as picture:
+            assert picture.width >= 3 * 160  # image, truth, prediction side by side
+
+
+def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from mmnet.cli import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "none"), "--split", "val"]) == 2
+    assert f"mmnet: error: no checkpoint at {tmp_path / 'none'}" in capsys.readouterr().err
+
+
+def test_demo_writes_a_report_and_pictures(tmp_path):
+    from mmnet.cli import main
+
+    code = main(
+        ["demo", "--out", str(tmp_path / "demo"), "--images", "6", "2", "2", "2", "--size", "128", "96", "--examples", "2",
+         "train.epochs=1", "train.batch_size=4", "model.image_size=64", "model.hidden_dim=32", "data.num_workers=0",
+         "train.tensorboard=false"]
+    )
+    assert code == 0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    for split in ("val", "testA", "testB"):
+        assert f"| {split} |" in report
+    assert "![predictions](predictions.png)" in report
+    from PIL import Image
+
+    with Image.open(tmp_path / "demo" / "predictions.png") as sheet:
+        assert sheet.height > 2 * 160

@@ -15,11 +15,18 @@ from mmnet.data.transforms import Geometry, Letterbox
 
 
 class _ReferSamples(Dataset):
-    def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int):
+    def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int, text_blind: bool = False):
         self.index = index
         self.split = split
         self.letterbox = Letterbox(image_size)
         self.context_length = context_length
+        self.text_blind = text_blind
+
+    def _tokens(self, text: str) -> torch.Tensor:
+        """L tokens of ``text``, or of an empty expression for the text-blind control."""
+        if self.text_blind:
+            return tokenize("", self.context_length, allow_empty=True)[0]
+        return tokenize(text, self.context_length)[0]
 
     def _image(self, image_id: int) -> tuple[torch.Tensor, Geometry]:
         record = self.index.image(image_id)
@@ -35,7 +42,9 @@ class ReferTrainDataset(_ReferSamples):
     made (workers copy the dataset when they start, so persistent workers keep the old epoch).
     """
 
-    def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int, seed: int = 0):
+    def __init__(
+        self, index: ReferIndex, *, split: str, image_size: int, context_length: int, seed: int = 0, text_blind: bool = False
+    ):
         """
         Args:
             index: the dataset's ReferIndex.
@@ -43,8 +52,10 @@ class ReferTrainDataset(_ReferSamples):
             image_size: S, the side of the letterboxed input (the model's image_size).
             context_length: L, tokens per expression (the model's context_length).
             seed: the run's seed.
+            text_blind: replace every expression with an empty one (a control that shows what
+                the images alone give away).
         """
-        super().__init__(index, split=split, image_size=image_size, context_length=context_length)
+        super().__init__(index, split=split, image_size=image_size, context_length=context_length, text_blind=text_blind)
         self.refs = index.refs(split)
         self.seed = seed
         self.epoch = 0
@@ -62,7 +73,7 @@ class ReferTrainDataset(_ReferSamples):
         image, geometry = self._image(ref.image_id)
         return {
             "image": image,
-            "tokens": tokenize(ref.sentences[choice].text, self.context_length)[0],
+            "tokens": self._tokens(ref.sentences[choice].text),
             "mask": self.letterbox.mask(self.index.mask(ref.ref_id), geometry),
         }
 
@@ -70,8 +81,8 @@ class ReferTrainDataset(_ReferSamples):
 class ReferEvalDataset(_ReferSamples):
     """One item per sentence, with the mask at the original image size; batch with `collate_eval`."""
 
-    def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int):
-        super().__init__(index, split=split, image_size=image_size, context_length=context_length)
+    def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int, text_blind: bool = False):
+        super().__init__(index, split=split, image_size=image_size, context_length=context_length, text_blind=text_blind)
         self.sentences = index.sentences(split)
 
     def __len__(self) -> int:
@@ -85,7 +96,7 @@ class ReferEvalDataset(_ReferSamples):
         image, geometry = self._image(ref.image_id)
         return {
             "image": image,
-            "tokens": tokenize(sentence.text, self.context_length)[0],
+            "tokens": self._tokens(sentence.text),
             "mask": torch.from_numpy(self.index.mask(ref.ref_id)),
             "geometry": geometry,
             "ref_id": ref.ref_id,
