@@ -47,7 +47,7 @@ class DecoderLayer(nn.Module):
 
 class VisionLanguageDecoder(nn.Module):
     """A stack of decoder layers with sine positional encodings on the visual tokens (2-D) and the
-    queries (1-D), and a final layer norm."""
+    queries (1-D); the last layer's output is F_s (Eq. 13)."""
 
     def __init__(self, *, dim: int, num_layers: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
@@ -55,7 +55,6 @@ class VisionLanguageDecoder(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout) for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(dim)
 
     def forward(self, f_vt: torch.Tensor, f_q: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """
@@ -72,4 +71,4 @@ class VisionLanguageDecoder(nn.Module):
         x = f_vt
         for layer in self.layers:
             x = layer(x, vis_pos, f_q, query_pos)
-        return self.norm(x).transpose(1, 2).reshape(x.shape[0], self.dim, height, width)
+        return x.transpose(1, 2).reshape(x.shape[0], self.dim, height, width)

@@ -3,7 +3,6 @@ by the image."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -56,7 +55,6 @@ class MultiQueryGenerator(nn.Module):
         self.proj_vd = linear_relu(num_pixels, dim)  # W_vd
         self.proj_a = linear_relu(word_dim, dim)  # W_a
         self.proj_tv = linear_relu(word_dim, dim)  # W_tv
-        self.scale = 1.0 / math.sqrt(dim)
 
     def forward(self, visual: VisualFeatures, f_t: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -74,6 +72,6 @@ class MultiQueryGenerator(nn.Module):
             f_tv = self.proj_t(f_t) * self.proj_vg(visual.f_vg)[:, None, :]  # Eq. 8
         else:
             f_tv = f_t
-        logits = self.proj_vd(f_vd) @ self.proj_a(f_tv).transpose(1, 2) * self.scale  # Eq. 9
+        logits = self.proj_vd(f_vd) @ self.proj_a(f_tv).transpose(1, 2)  # Eq. 9
         attention = logits.masked_fill(padding[:, None, :], float("-inf")).softmax(dim=-1)
         return attention @ self.proj_tv(f_tv), attention  # Eq. 10
