@@ -42,6 +42,9 @@ def test_a_file_extends_its_base_and_round_trips(tmp_path):
         ("model.multi_mask=3", r"'model.multi_mask' must be of type bool, got 3"),
         ("train.lr=fast", r"'train.lr' must be of type float"),
         ("model.num_queries=0", r"model.num_queries must be at least 1"),
+        ("model.num_heads=0", r"model.num_heads must be at least 1"),
+        ("model.image_size=-32", r"model.image_size must be at least 1"),
+        ("model.decoder_layers=0", r"model.decoder_layers must be at least 1"),
         ("model.hidden_dim=100", r"multiple of model.num_heads"),
         ("modelnum_queries", r"not of the form section.key=value"),
         ("optimizer.lr=1", r"unknown setting 'optimizer'"),
@@ -90,7 +93,13 @@ def test_info_counts_parts_that_add_up():
     parts = figures["parts"]
     assert sum(p["parameters"] for p in parts.values()) == figures["total"]["parameters"]
     assert sum(p["gflops"] for p in parts.values()) == pytest.approx(figures["total"]["gflops"])
-    # The decoder's MLP alone: 2 layers x N tokens x (C x F + F x C) multiply-adds, 2 FLOPs each.
-    tokens = (config.image_size // 16) ** 2
-    mlp = 2 * tokens * 2 * config.hidden_dim * config.ffn_dim * 2
-    assert parts["decoder"]["gflops"] * 1e9 > mlp
+    # The decoder worked out by hand, 2 FLOPs per multiply-add, N = 16 visual tokens, Nq = 4
+    # queries, C = 32, F = 64, per layer: self-attention (4 projections of N x C x C, QK^T and AV
+    # of N x N x C), cross-attention (projections of N, Nq, Nq, N rows, QK^T and AV of
+    # N x Nq x C), the MLP (N x C x F twice).
+    n, q, c, f = (config.image_size // 16) ** 2, config.num_queries, config.hidden_dim, config.ffn_dim
+    self_attention = 4 * n * c * c + 2 * n * n * c
+    cross_attention = (2 * n + 2 * q) * c * c + 2 * n * q * c
+    mlp = 2 * n * c * f
+    expected = config.decoder_layers * 2 * (self_attention + cross_attention + mlp)
+    assert parts["decoder"]["gflops"] * 1e9 == pytest.approx(expected)
