@@ -53,6 +53,9 @@ class ModelConfig:
     """Off: F_t stands where F_tv would be, without the global visual feature (Table 4, w/o f_vg)."""
 
     def validate(self) -> None:
+        for name in ("image_size", "hidden_dim", "num_heads", "ffn_dim", "decoder_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be at least 1, got {getattr(self, name)}")
         if self.num_queries < 1:
             raise ConfigError(f"model.num_queries must be at least 1, got {self.num_queries}")
         if self.hidden_dim % self.num_heads:

@@ -32,8 +32,10 @@ def is_torchscript_archive(path: Path) -> bool:
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """Returns the tensors of a weight file by name, and its format: ``safetensors``, ``torch`` or
-    ``torchscript``. A ``state_dict`` wrapper and a ``module.`` prefix (DDP) are removed."""
+    ``torchscript``. A ``state_dict`` or ``model`` wrapper and a ``module.`` prefix (DDP) are removed."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory, not a weights file")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
@@ -58,10 +60,13 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         raise WeightsError(f"{path}: not a readable weight file ({message})") from None
     except Exception as err:  # safetensors raises its own error type
         raise WeightsError(f"{path}: not a readable weight file ({type(err).__name__}: {err})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
-        raise WeightsError(f"{path}: expected a mapping from names to tensors")
+        found = f"keys {sorted(map(str, state))[:5]}" if isinstance(state, dict) else type(state).__name__
+        raise WeightsError(f"{path}: expected a mapping from names to tensors, found {found}")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state), kind

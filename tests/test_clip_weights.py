@@ -12,7 +12,10 @@ import torch
 from open_clip.model import convert_weights_to_lp
 from safetensors.torch import save_file
 
+import torch.nn.functional as F
+
 from mmnet.build import build_mmnet
+from mmnet.config import ConfigError
 from mmnet.weights import WeightsError
 from tiny import tiny_model_config, tokens_for
 
@@ -68,10 +71,40 @@ def test_global_features_equal_open_clip_encoders_at_native_size(tmp_path, backb
     model = mmnet_on(tmp_path / "clip.pt", backbone, image_size=224)
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
-        z_bar = model.image_encoder.clip_features(images)[3]
+        _, _, z, z_bar = model.image_encoder.clip_features(images)
+        if backbone.startswith("ViT"):  # z is the patch grid; the three scales are made from it
+            z = model.image_encoder.patch_features(images)[0]
         _, f_tg, _ = model.text_encoder(tokens_for(TEXTS, 17))
         torch.testing.assert_close(z_bar, clip.encode_image(images), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(f_tg, clip.encode_text(tokens_for(TEXTS, 77)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(z, open_clip_dense_tokens(clip, images), rtol=1e-4, atol=1e-5)
+
+
+def open_clip_dense_tokens(clip: open_clip.CLIP, images: torch.Tensor) -> torch.Tensor:
+    """z as open_clip's own modules compute it: B x C x g x g, every grid token (not the global one)."""
+    visual = clip.visual
+    if hasattr(visual, "attnpool"):
+        x4 = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(images)))))
+        pool = visual.attnpool
+        x = x4.flatten(2).permute(2, 0, 1)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x]) + pool.positional_embedding[:, None, :]
+        out, _ = F.multi_head_attention_forward(
+            x, x, x, x.shape[-1], pool.num_heads,
+            in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True,
+            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+            need_weights=False,
+        )
+        grid = out[1:].permute(1, 2, 0)
+        side = x4.shape[-1]
+    else:
+        visual.output_tokens = True
+        _, tokens = visual(images)  # patch tokens after ln_post, class token excluded
+        visual.output_tokens = False
+        grid = (tokens @ visual.proj).transpose(1, 2)
+        side = images.shape[-1] // visual.patch_size[0]
+    return grid.reshape(images.shape[0], -1, side, side)
 
 
 @pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
@@ -98,17 +131,27 @@ def test_openai_archive_open_clip_state_dict_and_safetensors_load_identical_weig
     assert torch.equal(towers[0]["text_encoder.token_embedding.weight"], clip.token_embedding.weight)
 
 
+def bicubic_grid(table: torch.Tensor, side: int) -> torch.Tensor:
+    """The grid rows of a (1 + g*g) x C table, resized bicubic to side x side, row-major."""
+    old = round((table.shape[0] - 1) ** 0.5)
+    grid = table[1:].reshape(old, old, -1).permute(2, 0, 1)[None]
+    return F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)[0].permute(1, 2, 0).reshape(side * side, -1)
+
+
 def test_position_embeddings_are_resized_to_the_working_grid_and_length(tmp_path):
     clip = reference_clip("RN-tiny")
-    table = clip.visual.attnpool.positional_embedding  # 1 + 7 * 7 rows at 224
-    with torch.no_grad():
-        table[1:] = torch.randn(1, table.shape[1])  # a constant grid stays constant when resized
+    table = clip.visual.attnpool.positional_embedding.detach()  # 1 + 7 * 7 rows at 224
+    with torch.no_grad():  # a ramp along x only: a transposed grid would turn it into a ramp along y
+        ramp = torch.arange(7.0).repeat(7)[:, None] * torch.ones(1, table.shape[1])
+        clip.visual.attnpool.positional_embedding[1:] = ramp
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
     model = mmnet_on(tmp_path / "clip.pt", "RN-tiny", image_size=448, context_length=22)
     resized = model.image_encoder.tower.attnpool.positional_embedding
     assert resized.shape == (1 + 14 * 14, table.shape[1])
-    assert torch.equal(resized[0], table[0])
-    torch.testing.assert_close(resized[1:], table[1:2].expand(14 * 14, -1))
+    assert torch.equal(resized[0], clip.visual.attnpool.positional_embedding[0])
+    torch.testing.assert_close(resized[1:], bicubic_grid(clip.visual.attnpool.positional_embedding.detach(), 14))
+    rows = resized[1:, 0].reshape(14, 14)
+    assert torch.all(rows[:, 1:] >= rows[:, :-1] - 1e-5) and torch.allclose(rows[0], rows[-1])
     assert torch.equal(model.text_encoder.positional_embedding, clip.positional_embedding[:22])
 
 
@@ -116,7 +159,9 @@ def test_vit_position_embeddings_follow_the_patch_grid(tmp_path):
     clip = reference_clip("ViT-tiny")
     torch.save(clip.state_dict(), tmp_path / "clip.pt")
     model = mmnet_on(tmp_path / "clip.pt", "ViT-tiny", image_size=96)
-    assert model.image_encoder.tower.positional_embedding.shape[0] == 1 + 6 * 6
+    table = model.image_encoder.tower.positional_embedding
+    assert table.shape[0] == 1 + 6 * 6
+    torch.testing.assert_close(table[1:], bicubic_grid(clip.visual.positional_embedding.detach(), 6))
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 96), tokens_for(["a"]))
     assert out["logits"].shape == (1, 1, 24, 24)
@@ -125,6 +170,25 @@ def test_vit_position_embeddings_follow_the_patch_grid(tmp_path):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(WeightsError, match=f"weights file not found: {tmp_path / 'RN50.pt'}"):
         mmnet_on(tmp_path / "RN50.pt", "RN-tiny")
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(WeightsError, match=f"{tmp_path / 'weights'} is a directory"):
+        mmnet_on(tmp_path / "weights", "RN-tiny")
+
+
+def test_position_table_that_is_not_a_grid(tmp_path):
+    state = reference_clip("RN-tiny").state_dict()
+    state["visual.attnpool.positional_embedding"] = torch.zeros(1 + 7 * 7 + 3, state["visual.attnpool.positional_embedding"].shape[1])
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(WeightsError, match=r"odd.pt: visual.attnpool.positional_embedding has 53 rows, not one global token and a square grid"):
+        mmnet_on(tmp_path / "odd.pt", "RN-tiny", image_size=128)
+
+
+def test_open_clip_tags_pair_with_their_activation():
+    # Checked before anything is downloaded: OpenAI's RN50 used QuickGELU, LAION's ViT-B-16 did not.
+    with pytest.raises(WeightsError, match="'openai' weights of RN50 were trained with QuickGELU; set model.quick_gelu=true"):
+        build_mmnet(tiny_model_config("RN50", clip_weights="openai", quick_gelu=False, image_size=224))
+    with pytest.raises(WeightsError, match="trained without QuickGELU; set model.quick_gelu=false"):
+        build_mmnet(tiny_model_config("ViT-B-16", clip_weights="laion2b_s34b_b88k", quick_gelu=True, image_size=224))
 
 
 @pytest.mark.parametrize("name", ["clip.pt", "clip.bin", "clip.safetensors"])
@@ -187,7 +251,7 @@ def test_unknown_backbone_and_unknown_tag():
 
 
 def test_image_size_must_fit_the_tower():
-    with pytest.raises(WeightsError, match="model.image_size=80 must be a multiple of 32 for RN-tiny"):
+    with pytest.raises(ConfigError, match="model.image_size=80 must be a multiple of 32 for RN-tiny"):
         build_mmnet(tiny_model_config("RN-tiny", image_size=80))
-    with pytest.raises(WeightsError, match="must be a multiple of 32 for ViT-tiny"):
+    with pytest.raises(ConfigError, match="must be a multiple of 32 for ViT-tiny"):
         build_mmnet(tiny_model_config("ViT-tiny", image_size=80))

@@ -183,6 +183,14 @@ def test_tokens_longer_than_the_configured_length_get_a_clear_error():
         model(_images(2), tokens_for(TEXTS[:2], context_length=22))
 
 
+def test_inputs_of_the_wrong_type_get_a_clear_error():
+    model = build_tiny()
+    with pytest.raises(MMNetError, match="images must be CLIP-normalised floats, got torch.uint8"):
+        model(torch.zeros(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, dtype=torch.uint8), tokens_for(TEXTS[:2]))
+    with pytest.raises(MMNetError, match="tokens must be integer ids"):
+        model(_images(2), tokens_for(TEXTS[:2]).float())
+
+
 def test_images_and_expressions_must_pair_up():
     model = build_tiny()
     with pytest.raises(MMNetError, match="2 images but 3 expressions"):

@@ -29,6 +29,18 @@ def coordinates(batch: int, height: int, width: int, *, like: torch.Tensor) -> t
     return torch.stack([grid_x, grid_y]).expand(batch, 2, height, width)
 
 
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """B x N x C -> B x heads x N x C/heads."""
+    batch, length, dim = x.shape
+    return x.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """B x heads x N x C/heads -> B x N x C."""
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
 class Attention(nn.Module):
     """Multi-head attention with its own query, key and value projections, computed by
     scaled_dot_product_attention (Eq. 12)."""
@@ -48,10 +60,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, dim = x.shape
-        return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
-
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -60,11 +68,11 @@ class Attention(nn.Module):
         Returns:
             B x Nq x C.
         """
-        batch, length, dim = query.shape
-        out = F.scaled_dot_product_attention(
-            self._heads(self.q_proj(query)),
-            self._heads(self.k_proj(key)),
-            self._heads(self.v_proj(value)),
+        heads = self.num_heads
+        out = F.scaled_dot_product_attention(  # Eq. 12
+            split_heads(self.q_proj(query), heads),
+            split_heads(self.k_proj(key), heads),
+            split_heads(self.v_proj(value), heads),
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return self.out_proj(merge_heads(out))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from mmnet.config import ModelConfig
+from mmnet.config import ConfigError, ModelConfig
 from mmnet.weights import WeightsError, read_state_dict
 
 open_clip.add_model_config(Path(__file__).resolve().parent.parent / "clip_configs")
@@ -41,8 +41,9 @@ def create_clip(config: ModelConfig) -> open_clip.CLIP:
             f"unknown backbone '{config.backbone}'; the paper's are {', '.join(PAPER_BACKBONES)}, "
             f"the small ones {', '.join(TINY_BACKBONES)}"
         )
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns that no weights were loaded
+    # open_clip warns that no weights were loaded; they are loaded below, from our own reader.
+    quiet = _DropMessage("No pretrained weights loaded")
+    logging.getLogger().addFilter(quiet)
     try:
         clip = open_clip.create_model(
             config.backbone,
@@ -53,7 +54,7 @@ def create_clip(config: ModelConfig) -> open_clip.CLIP:
             force_context_length=config.context_length,
         )
     finally:
-        logging.getLogger().setLevel(quiet)
+        logging.getLogger().removeFilter(quiet)
     if not isinstance(clip, open_clip.CLIP):
         raise WeightsError(f"backbone '{config.backbone}' is not a CLIP with a built-in text transformer")
     visual = clip.visual
@@ -62,13 +63,13 @@ def create_clip(config: ModelConfig) -> open_clip.CLIP:
             raise WeightsError(f"backbone '{config.backbone}': only ViTs pooled by their class token are supported")
         patch = visual.patch_size[0]
         if config.image_size % (2 * patch):
-            raise WeightsError(
+            raise ConfigError(
                 f"model.image_size={config.image_size} must be a multiple of {2 * patch} for {config.backbone} "
                 f"(patch {patch}, and the stride-32 scale halves the grid); ViT-L-14 uses 448"
             )
     elif isinstance(visual, ModifiedResNet):
         if config.image_size % 32:
-            raise WeightsError(f"model.image_size={config.image_size} must be a multiple of 32 for {config.backbone}")
+            raise ConfigError(f"model.image_size={config.image_size} must be a multiple of 32 for {config.backbone}")
     else:
         raise WeightsError(f"backbone '{config.backbone}' has an image tower MMNet cannot use ({type(visual).__name__})")
     if config.clip_weights:
@@ -76,17 +77,34 @@ def create_clip(config: ModelConfig) -> open_clip.CLIP:
     return clip
 
 
-def _resolve(source: str, backbone: str) -> Path:
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def _resolve(source: str, backbone: str, quick_gelu: bool) -> Path:
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory; model.clip_weights names a weights file")
     if path.exists() or path.suffix or "/" in source:
         return path
     # Not a file: an open_clip pretrained tag such as "openai", which needs the network.
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
-    if not get_pretrained_cfg(backbone, source):
+    tag = get_pretrained_cfg(backbone, source)
+    if not tag:
         raise WeightsError(f"'{source}' is neither a file nor an open_clip pretrained tag of {backbone}")
+    if tag.get("quick_gelu", False) != quick_gelu:
+        raise WeightsError(
+            f"the '{source}' weights of {backbone} were trained {'with' if tag.get('quick_gelu') else 'without'} "
+            f"QuickGELU; set model.quick_gelu={'true' if tag.get('quick_gelu') else 'false'}"
+        )
     try:
-        return Path(download_pretrained(get_pretrained_cfg(backbone, source)))
+        return Path(download_pretrained(tag))
     except Exception as err:
         raise WeightsError(
             f"could not download the '{source}' weights of {backbone} ({type(err).__name__}: {err}); "
@@ -94,12 +112,14 @@ def _resolve(source: str, backbone: str) -> Path:
         ) from None
 
 
-def _resize_grid(table: torch.Tensor, tokens: int) -> torch.Tensor:
+def _resize_grid(table: torch.Tensor, tokens: int, *, name: str, path: Path) -> torch.Tensor:
     """Resizes a (1 + g*g) x C table of a leading global token and a g x g grid to ``tokens``
     rows, bicubic on the grid."""
     if table.shape[0] == tokens:
         return table
     old, new = round((table.shape[0] - 1) ** 0.5), round((tokens - 1) ** 0.5)
+    if old * old + 1 != table.shape[0]:
+        raise WeightsError(f"{path}: {name} has {table.shape[0]} rows, not one global token and a square grid")
     grid = table[1:].reshape(old, old, -1).permute(2, 0, 1)[None].float()
     grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     return torch.cat([table[:1].float(), grid[0].permute(1, 2, 0).reshape(new * new, -1)]).to(table.dtype)
@@ -121,7 +141,7 @@ def load_clip_weights(clip: open_clip.CLIP, source: str, *, backbone: str, quick
     position embeddings of the image tower are resized (bicubic) to the working grid and the
     text's are cut to the working expression length.
     """
-    path = _resolve(source, backbone)
+    path = _resolve(source, backbone, quick_gelu)
     state, kind = read_state_dict(path)
     if kind == "torchscript" and not quick_gelu:
         raise WeightsError(f"{path}: OpenAI's CLIP weights were trained with QuickGELU; set model.quick_gelu=true")
@@ -131,7 +151,7 @@ def load_clip_weights(clip: open_clip.CLIP, source: str, *, backbone: str, quick
     expected = {k: v for k, v in clip.state_dict().items() if k not in _NOT_TOWER_WEIGHTS}
     for key in ("visual.attnpool.positional_embedding", "visual.positional_embedding"):
         if key in state and key in expected and state[key].ndim == 2:
-            state[key] = _resize_grid(state[key], expected[key].shape[0])
+            state[key] = _resize_grid(state[key], expected[key].shape[0], name=key, path=path)
     if "positional_embedding" in state and "positional_embedding" in expected:
         if state["positional_embedding"].shape[0] < expected["positional_embedding"].shape[0]:
             raise WeightsError(

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmnet.modeling.blocks import merge_heads, split_heads
+
 
 class VisualFeatures(NamedTuple):
     """The projected visual features of Sec. 3.1, with H3 = H/16 for an H x W input."""
@@ -77,16 +79,12 @@ class ResNetImageEncoder(ImageEncoder):
     def _attention_pool(self, x4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 1: [z-bar, z] = MHSA([mean(x4), x4]) with CLIP's attention-pool weights."""
         pool = self.tower.attnpool
-        batch, channels, height, width = x4.shape
+        batch, _, height, width = x4.shape
         tokens = x4.flatten(2).transpose(1, 2)
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         tokens = tokens + pool.positional_embedding.to(tokens.dtype)
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, height * width + 1, pool.num_heads, -1).transpose(1, 2)
-
-        out = F.scaled_dot_product_attention(heads(pool.q_proj(tokens)), heads(pool.k_proj(tokens)), heads(pool.v_proj(tokens)))
-        out = pool.c_proj(out.transpose(1, 2).reshape(batch, height * width + 1, channels))
+        q, k, v = (split_heads(proj(tokens), pool.num_heads) for proj in (pool.q_proj, pool.k_proj, pool.v_proj))
+        out = pool.c_proj(merge_heads(F.scaled_dot_product_attention(q, k, v)))  # Eq. 1
         z = out[:, 1:].transpose(1, 2).reshape(batch, -1, height, width)
         return z, out[:, 0]
 
@@ -110,7 +108,14 @@ class ViTImageEncoder(ImageEncoder):
         self.to_stride_16 = nn.Conv2d(width, width, kernel_size=3, padding=1)
         self.to_stride_32 = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
 
-    def clip_features(self, images):
+    def patch_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            images: B x 3 x H x W.
+        Returns:
+            z, the patch tokens after ``ln_post`` and ``proj`` as a B x C4 x H3 x W3 grid, and
+            z-bar, the class token's (B x C4), which is CLIP's image embedding.
+        """
         tower = self.tower
         patches = tower.conv1(images)
         batch, _, height, width = patches.shape
@@ -119,5 +124,8 @@ class ViTImageEncoder(ImageEncoder):
         tokens = torch.cat([cls, tokens], dim=1) + tower.positional_embedding.to(tokens.dtype)
         tokens = tower.transformer(tower.ln_pre(tokens))
         tokens = tower.ln_post(tokens) @ tower.proj
-        z = tokens[:, 1:].transpose(1, 2).reshape(batch, -1, height, width)
-        return self.to_stride_8(z), self.to_stride_16(z), self.to_stride_32(z), tokens[:, 0]
+        return tokens[:, 1:].transpose(1, 2).reshape(batch, -1, height, width), tokens[:, 0]
+
+    def clip_features(self, images):
+        z, z_bar = self.patch_features(images)
+        return self.to_stride_8(z), self.to_stride_16(z), self.to_stride_32(z), z_bar

@@ -80,6 +80,8 @@ class MMNet(nn.Module):
         Returns:
             the projected visual features, which ``decode`` can reuse for many expressions.
         """
+        if not torch.is_floating_point(images):
+            raise MMNetError(f"images must be CLIP-normalised floats, got {images.dtype}; letterbox them with mmnet.data.transforms")
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.image_size, self.image_size):
             raise MMNetError(
                 f"images must be B x 3 x {self.image_size} x {self.image_size} (model.image_size={self.image_size}), "
@@ -98,6 +100,8 @@ class MMNet(nn.Module):
             ``query_scores``: B x N_q, S_q (Eq. 15), summing to 1;
             ``word_attention``: B x N_q x L, A (Eq. 9), 0 on padding and summing to 1 over words.
         """
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise MMNetError(f"tokens must be integer ids (int64), got {tokens.dtype}; tokenize with mmnet.data.tokenizer.tokenize")
         if tokens.ndim != 2 or tokens.shape[1] != self.context_length:
             raise MMNetError(
                 f"tokens must be B x {self.context_length} (model.context_length={self.context_length}), "
