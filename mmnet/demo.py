@@ -96,8 +96,9 @@ def _report(config, result, results: dict, timings: dict, args) -> str:
         "",
         "![predictions](predictions.png)",
         "",
-        "Each panel: the image, the ground truth (green), the prediction (red) with its IoU, and every",
-        "query's mask (blue) with the score the Multi-Query Estimator gave it, best first.",
+        "Each panel: the image, the ground truth (outlined green), the prediction (outlined red) with",
+        "its IoU, and every query's mask with the score the Multi-Query Estimator gave it, best first;",
+        "the image is dimmed where a mask or probability is low.",
         "",
     ]
     return "\n".join(lines)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,17 @@ def session(device: str | None = None) -> Iterator[Context]:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def main_first(ctx: Context, build: Callable[[bool], T]) -> T:
+    """``build(is_main)`` on the main process first and then, after a barrier, on the others: for
+    work that fills a cache (such as the dataset index) which the others then read."""
+    if ctx.is_main:
+        result = build(True)
+    barrier()
+    if not ctx.is_main:
+        result = build(False)
+    return result
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from mmnet import distributed
 from mmnet.data.transforms import to_original
 from mmnet.errors import MMNetError
 from mmnet.metrics import intersection_union, iou, summarize
-from mmnet.modeling import mask_loss
+from mmnet.modeling import mask_loss, target_for
 
 
 class NonFiniteLossError(MMNetError):
@@ -45,7 +45,7 @@ def autocast(device: torch.device, bf16: bool):
 
 def batch_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> torch.Tensor:
     """IoU per sample at the logits' resolution, for the progress bar: B."""
-    target = torch.nn.functional.interpolate(masks.float(), size=logits.shape[-2:], mode="nearest") > 0.5
+    target = target_for(logits, masks) > 0.5
     pred = logits.detach().float().sigmoid() > threshold
     return iou(*intersection_union(pred[:, 0], target[:, 0]))
 

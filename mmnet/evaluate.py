@@ -46,7 +46,7 @@ def evaluate_checkpoint(
         model = build_mmnet(config.model, load_clip_weights=False)
         load_weights(model, directory)
         model.to(ctx.device)
-        index = ReferIndex.from_config(config.data, progress=ctx.is_main)
+        index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
         results = {}
         for split in splits:
             dataset = ReferEvalDataset(
@@ -88,8 +88,9 @@ def save_panel(folder: Path, index: ReferIndex, batch, b: int, outputs, value: f
     """Writes ``<folder>/<sent_id>.png``: image, ground truth, prediction and scored query masks."""
     folder.mkdir(parents=True, exist_ok=True)
     probability, queries = sample_maps(outputs, b, batch["geometry"][b])
+    record = index.image(int(batch["image_id"][b]))
     panel = expression_panel(
-        load_image(index.image_path(int(batch["image_id"][b]))),
+        load_image(index.image_path(record.image_id), size=(record.width, record.height)),
         batch["sentence"][b],
         ground_truth=batch["mask"][b].numpy(),
         probability=probability.numpy(),

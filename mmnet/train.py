@@ -128,12 +128,7 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
     micro, accumulation = batch_plan(config, ctx.world_size)
     seed_everything(config.train.seed)
 
-    # The main process builds (or validates) the index cache first; the others then read it.
-    if ctx.is_main:
-        index = ReferIndex.from_config(config.data)
-    distributed.barrier()
-    if not ctx.is_main:
-        index = ReferIndex.from_config(config.data, progress=False)
+    index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
     size, length = config.model.image_size, config.model.context_length
     blind = config.data.text_blind
     train_set = ReferTrainDataset(

@@ -11,17 +11,24 @@ from PIL import Image, ImageDraw
 
 TILE = 160
 CAPTION = 16
-GROUND_TRUTH = (40, 200, 80)
-PREDICTION = (230, 50, 50)
-QUERY = (60, 120, 255)
+GROUND_TRUTH = (40, 220, 90)
+PREDICTION = (255, 60, 60)
 
 
-def overlay(image: Image.Image, weight: np.ndarray | torch.Tensor, colour: tuple[int, int, int], *, alpha: float = 0.6) -> Image.Image:
-    """Tints ``image`` by ``weight`` (H x W in [0, 1], a mask or a probability map) in ``colour``."""
+def spotlight(image: Image.Image, weight: np.ndarray | torch.Tensor, *, outline: Optional[tuple[int, int, int]] = None) -> Image.Image:
+    """Keeps ``image`` bright where ``weight`` (H x W in [0, 1], a mask or a probability map) is
+    high and dims it elsewhere, which reads the same whatever the objects' colours; ``outline``
+    draws the border of ``weight > 0.5`` in that colour."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    weight = np.asarray(weight, dtype=np.float32)[..., None] * alpha
-    tinted = pixels * (1 - weight) + np.asarray(colour, dtype=np.float32) * weight
-    return Image.fromarray(tinted.clip(0, 255).astype(np.uint8))
+    weight = np.asarray(weight, dtype=np.float32)
+    lit = pixels * (0.25 + 0.75 * weight[..., None])
+    if outline is not None:
+        inside = weight > 0.5
+        edge = inside & ~(
+            np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1)
+        )
+        lit[edge] = outline
+    return Image.fromarray(lit.clip(0, 255).astype(np.uint8))
 
 
 def _tile(image: Image.Image, caption: str) -> Image.Image:
@@ -49,11 +56,11 @@ def expression_panel(
     scored first, ``columns`` to a row. All maps are H x W at the image's size."""
     header = [_tile(image, "image")]
     if ground_truth is not None:
-        header.append(_tile(overlay(image, ground_truth, GROUND_TRUTH), "ground truth"))
+        header.append(_tile(spotlight(image, ground_truth, outline=GROUND_TRUTH), "ground truth"))
     label = "prediction" if iou is None else f"prediction, IoU {100 * iou:.1f}"
-    header.append(_tile(overlay(image, probability > threshold, PREDICTION), label))
+    header.append(_tile(spotlight(image, probability > threshold, outline=PREDICTION), label))
     order = np.argsort(-np.asarray(query_scores, dtype=np.float64), kind="stable")
-    queries = [_tile(overlay(image, query_probabilities[n], QUERY), f"query {n + 1}: {query_scores[n]:.2f}") for n in order]
+    queries = [_tile(spotlight(image, query_probabilities[n]), f"query {n + 1}: {query_scores[n]:.2f}") for n in order]
     rows = [header] + [queries[i : i + columns] for i in range(0, len(queries), columns)]
     width = max(len(row) for row in rows) * TILE
     panel = Image.new("RGB", (width, CAPTION + len(rows) * (TILE + CAPTION)), "white")
