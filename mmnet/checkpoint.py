@@ -21,7 +21,7 @@ from torch import nn
 
 from mmnet.config import Config, config_from_dict, config_to_dict
 from mmnet.errors import MMNetError
-from mmnet.weights import read_state_dict
+from mmnet.weights import mismatches, read_state_dict
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -78,20 +78,9 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     """Loads ``model.safetensors`` strictly, naming the file and the first mismatch when it does not fit."""
     path = directory / MODEL_FILE
     weights, _ = read_state_dict(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            detail.append(f"{len(wrong)} of another shape (e.g. {k}: file {tuple(weights[k].shape)}, model {tuple(expected[k].shape)})")
-        raise CheckpointError(f"{path} does not fit this model: " + "; ".join(detail))
+    problems = mismatches(weights, model.state_dict())
+    if problems:
+        raise CheckpointError(f"{path} does not fit this model: " + "; ".join(problems))
     model.load_state_dict(weights)
 
 

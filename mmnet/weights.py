@@ -70,3 +70,20 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return dict(state), kind
+
+
+def mismatches(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    """What keeps ``found`` from loading into a model whose state dict is ``expected``, one phrase
+    per kind of problem with a first example; empty when the two fit."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(found) & set(expected) if found[k].shape != expected[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} of another shape (e.g. {k}: file {tuple(found[k].shape)}, model {tuple(expected[k].shape)})")
+    return problems

@@ -222,3 +222,12 @@ def test_demo_writes_a_report_and_pictures(tmp_path):
 
     with Image.open(tmp_path / "demo" / "predictions.png") as sheet:
         assert sheet.height > 2 * 160
+
+
+def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
+    from mmnet.checkpoint import load_weights, save_checkpoint
+    from tiny import build_tiny
+
+    save_checkpoint(tmp_path / "ckpt", model=build_tiny(num_queries=4), config=Config(model=tiny_model_config(num_queries=4)))
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not fit this model: .*of another shape \(e.g. query_generator"):
+        load_weights(build_tiny(num_queries=6), tmp_path / "ckpt")

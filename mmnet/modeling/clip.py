@@ -18,7 +18,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
 from mmnet.config import ConfigError, ModelConfig
-from mmnet.weights import WeightsError, read_state_dict
+from mmnet.weights import WeightsError, mismatches, read_state_dict
 
 open_clip.add_model_config(Path(__file__).resolve().parent.parent / "clip_configs")
 
@@ -160,20 +160,9 @@ def load_clip_weights(clip: open_clip.CLIP, source: str, *, backbone: str, quick
             )
         state["positional_embedding"] = state["positional_embedding"][: expected["positional_embedding"].shape[0]]
 
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            problems.append(f"{len(wrong)} of another shape (e.g. {k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})")
+    problems = mismatches(state, expected)
+    if problems:
         raise WeightsError(
-            f"{path}: these weights do not fit backbone {backbone}: the file holds {_describe(state)}; "
-            + "; ".join(problems)
+            f"{path}: these weights do not fit backbone {backbone}: the file holds {_describe(state)}; " + "; ".join(problems)
         )
     clip.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
