@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from pycocotools import mask as coco_mask
 
 from mmnet.data.masks import decode_rle, segmentation_to_rle, uncompressed_rle
 
@@ -44,3 +45,38 @@ def test_two_point_polygons_are_dropped_not_read_as_boxes():
 def test_malformed_segmentations_say_why(segmentation, reason):
     with pytest.raises(ValueError, match=reason):
         segmentation_to_rle(segmentation, height=3, width=4)
+
+
+def test_compressed_rle_is_read_as_pycocotools_writes_it():
+    # Long runs take several 5-bit groups and, from the fourth run on, are differences that may be negative.
+    mask = np.zeros((60, 50), np.uint8)
+    mask[3:57, 2:5] = 1
+    mask[10:12, 30:49] = 1
+    mask[40, 45] = 1
+    counts = coco_mask.encode(np.asfortranarray(mask))["counts"].decode("ascii")
+    assert segmentation_to_rle({"counts": counts, "size": [60, 50]}, height=60, width=50) == counts
+    assert segmentation_to_rle({"counts": counts.encode("ascii"), "size": [60, 50]}, height=60, width=50) == counts
+
+
+@pytest.mark.parametrize(
+    "counts, reason",
+    [
+        ("", "12 pixels"),  # pycocotools would decode all 12 pixels from uninitialised memory
+        ("0", "12 pixels"),
+        ("1", "12 pixels"),
+        ("52", "12 pixels"),  # 5 + 2 runs: 7 pixels
+        ("4:", "12 pixels"),  # 4 + 10 runs overshoot: pycocotools would write past the mask
+        ("o", "end inside a run"),
+        ("4\x7f", "outside '0'..'o'"),
+        ("49O", "non-negative"),  # runs 4, 9, -1: twelve pixels, one run negative
+    ],
+)
+def test_malformed_compressed_rle_is_refused(counts, reason):
+    with pytest.raises(ValueError, match=reason):
+        segmentation_to_rle({"counts": counts, "size": [3, 4]}, height=3, width=4)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e9])
+def test_polygon_far_off_the_image_is_refused(value):
+    with pytest.raises(ValueError, match="between -12 and 12"):
+        segmentation_to_rle([[1, 1, value, 1, 4, 4]], height=6, width=5)

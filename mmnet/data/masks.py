@@ -21,25 +21,59 @@ def segmentation_to_rle(segmentation: Any, *, height: int, width: int) -> str:
         return _polygons_to_rle(segmentation, height=height, width=width)
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise ValueError("segmentation is neither a list of polygons nor an RLE dict with counts and size")
-    size = list(segmentation["size"])
-    if size != [height, width]:
-        raise ValueError(f"RLE size {size} differs from the image size [{height}, {width}]")
+    size = segmentation["size"]
+    if not isinstance(size, list) or size != [height, width]:
+        raise ValueError(f"RLE size {size!r} differs from the image size [{height}, {width}]")
     counts = segmentation["counts"]
-    if isinstance(counts, list):
-        if sum(counts) != height * width or any(not isinstance(c, int) or c < 0 for c in counts):
-            raise ValueError(f"uncompressed RLE counts must be {height * width} pixels in non-negative runs")
-        rle = coco_mask.frPyObjects(segmentation, height, width)
-    elif isinstance(counts, (str, bytes)):
-        rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    else:
+    if isinstance(counts, bytes):
+        counts = counts.decode("latin-1")
+    if isinstance(counts, str):
+        counts = _compressed_runs(counts)
+    if not isinstance(counts, list):
         raise ValueError("RLE counts must be a list of run lengths or a compressed string")
+    # pycocotools decodes runs into a buffer of height * width without checking them: runs that
+    # fall short leave pixels unset, runs that overshoot write past the end.
+    if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
+        raise ValueError(f"RLE counts must be {height * width} pixels in non-negative runs")
+    rle = coco_mask.frPyObjects({"size": size, "counts": counts}, height, width)
     return rle["counts"].decode("ascii")
 
 
+def _compressed_runs(counts: str) -> list[int]:
+    """The run lengths of a compressed RLE string, decoded as pycocotools' rleFrString does.
+
+    Each run is 5-bit groups in characters '0'..'o' (bit 0x20: more groups follow; 0x10 in the
+    last group: negative), and from the fourth run on it is stored as the difference to the run
+    two before.
+    """
+    runs: list[int] = []
+    value = shift = 0
+    for char in counts:
+        group = ord(char) - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"compressed RLE counts hold {char!r}, outside '0'..'o'")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+        value = shift = 0
+    if shift:
+        raise ValueError("compressed RLE counts end inside a run")
+    return runs
+
+
 def _polygons_to_rle(polygons: list, *, height: int, width: int) -> str:
+    # pycocotools walks every outline pixel by pixel on a 5x finer grid: a coordinate that is not
+    # finite, or far off the image, would take it unbounded time and memory.
+    reach = 2 * max(height, width)
     for polygon in polygons:
-        if not isinstance(polygon, list) or len(polygon) % 2 or not all(isinstance(v, (int, float)) for v in polygon):
+        if not isinstance(polygon, list) or len(polygon) % 2:
             raise ValueError("a polygon must be a flat list of x, y numbers")
+        if not all(isinstance(v, (int, float)) and -reach <= v <= reach for v in polygon):
+            raise ValueError(f"a polygon must be a flat list of x, y numbers between -{reach} and {reach}")
     # A polygon of two points has no area, and pycocotools would read a 4-number list as a box.
     polygons = [p for p in polygons if len(p) >= 6]
     if not polygons:
