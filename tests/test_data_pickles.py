@@ -62,3 +62,27 @@ def test_missing_pickle_names_the_file(tmp_path):
     with pytest.raises(DataError, match="not found") as err:
         load_plain_pickle(tmp_path / "refs(umd).p")
     assert "refs(umd).p" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"\x80\x04\x95" + b"\xff" * 9, "OverflowError"),  # a frame of 2**64 - 1 bytes
+        (b"\x80\x04\x8e" + (2**40).to_bytes(8, "little") + b"x.", "MemoryError"),  # bytes of 1 TiB
+        (b"\x80\x02X" + (2**31).to_bytes(4, "little") + b"x.", "UnpicklingError"),  # a 2 GiB string in a 14-byte file
+    ],
+)
+def test_corrupt_length_is_a_clear_error_not_an_allocation(tmp_path, data, error):
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=f"not a readable pickle \\({error}") as err:
+        load_plain_pickle(path)
+    assert str(path) in str(err.value)
+
+
+def test_pickle_that_cannot_be_opened_names_the_file(tmp_path):
+    path = tmp_path / "refs(unc).p"
+    path.mkdir()
+    with pytest.raises(DataError, match=r"cannot be read \(IsADirectoryError") as err:
+        load_plain_pickle(path)
+    assert str(path) in str(err.value)

@@ -7,11 +7,12 @@ would build an object (or call a function) stops with an error before anything r
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 from typing import Any
 
-from mmnet.data.errors import DataError
+from mmnet.data.errors import DataError, read_bytes
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -33,12 +34,12 @@ class _PlainDataUnpickler(pickle.Unpickler):
 def load_plain_pickle(path: str | Path) -> Any:
     """Loads a pickle that may hold plain data only; anything else raises DataError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with path.open("rb") as file:
-        try:
-            return _PlainDataUnpickler(file, path).load()
-        except DataError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
-            raise DataError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
+    data = read_bytes(path, what="file")
+    # Unpickled from memory, where a read stops at the end of the data; a corrupt length too large
+    # to allocate is a MemoryError, reported like any other fault.
+    try:
+        return _PlainDataUnpickler(io.BytesIO(data), path).load()
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
