@@ -15,9 +15,10 @@ def load_image(path: str | Path, *, size: Optional[tuple[int, int]] = None) -> I
 
     Args:
         path: the image file.
-        size: (width, height) the annotations were drawn on, when there are annotations. If EXIF
-            orientation would turn the picture away from that size, the stored pixels are kept
-            (the annotations describe them); any other disagreement is an error.
+        size: (width, height) the annotations were drawn on, when there are annotations. Where the
+            stored pixels have that size they are kept as stored, whatever the EXIF orientation
+            (COCO's annotations describe the stored pixels); otherwise the upright picture must
+            have it. Any other size is an error.
 
     Raises DataError naming the file when it is missing, unreadable, or of the wrong size.
     """
@@ -27,14 +28,12 @@ def load_image(path: str | Path, *, size: Optional[tuple[int, int]] = None) -> I
     try:
         with Image.open(path) as stored:
             stored.load()
-            upright = ImageOps.exif_transpose(stored)
+            keep_stored = size is not None and tuple(stored.size) == tuple(size)
+            image = stored if keep_stored else ImageOps.exif_transpose(stored)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot be read as an image ({err})") from None
-    image = upright
-    if size is not None and tuple(upright.size) != tuple(size):
-        if tuple(stored.size) != tuple(size):
-            raise DataError(f"{path}: image is {upright.size[0]} x {upright.size[1]} but the annotations say {size[0]} x {size[1]}")
-        image = stored
+    if size is not None and tuple(image.size) != tuple(size):
+        raise DataError(f"{path}: image is {image.size[0]} x {image.size[1]} but the annotations say {size[0]} x {size[1]}")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")
