@@ -5,7 +5,8 @@ from torch.utils.data import DataLoader
 
 from mmnet.data.datasets import ReferEvalDataset, ReferTrainDataset, collate_eval
 from mmnet.data.errors import DataError
-from mmnet.data.refer import ReferIndex
+from mmnet.data.masks import segmentation_to_rle, uncompressed_rle
+from mmnet.data.refer import ReferFiles, ReferIndex
 from mmnet.data.tokenizer import tokenize
 from mmnet.data.transforms import Letterbox, letterbox_geometry
 
@@ -102,3 +103,17 @@ def test_text_blind_control_replaces_every_expression_with_an_empty_one(handmade
         assert torch.equal(blind_eval[i]["mask"], seeing_eval[i]["mask"])
     blind_train = ReferTrainDataset(index, split="train", image_size=SIZE, context_length=17, text_blind=True)
     assert torch.equal(blind_train[0]["tokens"], empty)
+
+
+def test_expression_the_tokenizer_refuses_is_named_by_file_ref_and_sentence(handmade):
+    # The index refuses such sentences when it is built; one read from elsewhere still names its source.
+    files = ReferFiles(handmade.root, "refcoco", "unc")
+    payload = {
+        "refs": [[7, 11, 1, "val", [[70, "&nbsp;"]]]],
+        "images": [[1, "COCO_train2014_000000000001.jpg", 30, 40]],
+        "masks": [[11, segmentation_to_rle(uncompressed_rle(handmade.masks[1]), height=30, width=40)]],
+    }
+    index = ReferIndex(files, payload)
+    with pytest.raises(DataError, match=r"refs\(unc\)\.p: ref 7, sentence 70: expression '&nbsp;' is empty") as err:
+        ReferEvalDataset(index, split="val", image_size=SIZE, context_length=17)[0]
+    assert str(files.refs_path) in str(err.value)

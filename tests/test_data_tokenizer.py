@@ -3,7 +3,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from mmnet.data.errors import DataError
-from mmnet.data.tokenizer import tokenize
+from mmnet.data.tokenizer import tokenize, word_tokens
 
 CLIP = SimpleTokenizer()
 SOS, EOS = CLIP.sot_token_id, CLIP.eot_token_id
@@ -33,10 +33,16 @@ def test_long_expression_is_cut_keeping_eos_last():
     assert tokens[1:-1].tolist() == CLIP.encode(text)[:15]
 
 
-@pytest.mark.parametrize("text", ["", "   ", "\t\n"])
-def test_empty_expression_is_refused(text):
-    with pytest.raises(DataError, match="empty"):
+@pytest.mark.parametrize("text", ["", "   ", "\t\n", "&nbsp;", "\ufeff", "\x00"])
+def test_empty_expression_is_refused_naming_it(text):
+    with pytest.raises(DataError, match="empty") as err:
         tokenize(["a dog", text], 17)
+    assert repr(text) in str(err.value)
+
+
+def test_word_tokens_counts_bpe_tokens_without_sos_and_eos():
+    assert word_tokens("the blue triangle") == len(CLIP.encode("the blue triangle")) == 3
+    assert word_tokens("&nbsp;") == 0
 
 
 def test_empty_expression_on_purpose_is_sos_eos():

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmnet.data.images import load_image
-from mmnet.data.refer import ReferIndex
+from mmnet.data.errors import DataError
+from mmnet.data.refer import ReferIndex, Sentence
 from mmnet.data.tokenizer import tokenize
 from mmnet.data.transforms import Geometry, Letterbox
 
@@ -22,11 +23,14 @@ class _ReferSamples(Dataset):
         self.context_length = context_length
         self.text_blind = text_blind
 
-    def _tokens(self, text: str) -> torch.Tensor:
-        """L tokens of ``text``, or of an empty expression for the text-blind control."""
+    def _tokens(self, sentence: Sentence) -> torch.Tensor:
+        """L tokens of the sentence, or of an empty expression for the text-blind control."""
         if self.text_blind:
             return tokenize("", self.context_length, allow_empty=True)[0]
-        return tokenize(text, self.context_length)[0]
+        try:
+            return tokenize(sentence.text, self.context_length)[0]
+        except DataError as err:
+            raise DataError(f"{self.index.files.refs_path}: ref {sentence.ref_id}, sentence {sentence.sent_id}: {err}") from None
 
     def _image(self, image_id: int) -> tuple[torch.Tensor, Geometry]:
         record = self.index.image(image_id)
@@ -73,7 +77,7 @@ class ReferTrainDataset(_ReferSamples):
         image, geometry = self._image(ref.image_id)
         return {
             "image": image,
-            "tokens": self._tokens(ref.sentences[choice].text),
+            "tokens": self._tokens(ref.sentences[choice]),
             "mask": self.letterbox.mask(self.index.mask(ref.ref_id), geometry),
         }
 
@@ -96,7 +100,7 @@ class ReferEvalDataset(_ReferSamples):
         image, geometry = self._image(ref.image_id)
         return {
             "image": image,
-            "tokens": self._tokens(sentence.text),
+            "tokens": self._tokens(sentence),
             "mask": torch.from_numpy(self.index.mask(ref.ref_id)),
             "geometry": geometry,
             "ref_id": ref.ref_id,

@@ -17,6 +17,11 @@ def _clip_tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
+def word_tokens(text: str) -> int:
+    """How many BPE tokens the words of an expression make, before [SOS] and [EOS]; 0 means it is empty."""
+    return len(_clip_tokenizer().encode(text))
+
+
 def tokenize(texts: str | Sequence[str], context_length: int, *, allow_empty: bool = False) -> torch.LongTensor:
     """Tokenises expressions for the CLIP text encoder.
 
@@ -32,9 +37,8 @@ def tokenize(texts: str | Sequence[str], context_length: int, *, allow_empty: bo
         texts = [texts]
     if context_length < 2:
         raise DataError(f"context length must hold [SOS] and [EOS], got {context_length}")
-    tokenizer = _clip_tokenizer()
     if not allow_empty:
-        for position, text in enumerate(texts):
-            if not tokenizer.encode(text):
-                raise DataError(f"expression {position} ({text!r}) is empty: it has no words to tokenise")
-    return tokenizer(list(texts), context_length=context_length)
+        for text in texts:
+            if not word_tokens(text):
+                raise DataError(f"expression {text!r} is empty: it has no words to tokenise")
+    return _clip_tokenizer()(list(texts), context_length=context_length)
