@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mmnet.config import DataConfig
-from mmnet.data.errors import DataError
+from mmnet.data.errors import DataError, read_bytes
 from mmnet.data.masks import decode_rle, segmentation_to_rle
 from mmnet.data.pickles import load_plain_pickle
+from mmnet.data.tokenizer import word_tokens
 
-CACHE_VERSION = 1
+# 2: segmentations, field types and expressions are checked as the tokenizer sees them.
+CACHE_VERSION = 2
 # The order splits are listed in; other names follow alphabetically.
 SPLIT_ORDER = ("train", "val", "test", "testA", "testB")
 
@@ -84,11 +87,11 @@ class ReferFiles:
 
     def require(self) -> None:
         """Raises DataError naming the first source file that is missing."""
-        if not self.refs_path.is_file():
+        if not self.refs_path.exists():
             present = sorted(p.name for p in self.refs_path.parent.glob("refs(*).p"))
             found = f"; refs files there: {', '.join(present)}" if present else ""
             raise DataError(f"{self.refs_path}: refs pickle not found{found}")
-        if not self.instances_path.is_file():
+        if not self.instances_path.exists():
             raise DataError(f"{self.instances_path}: instances.json not found")
 
     def signature(self) -> dict[str, list[int]]:
@@ -107,6 +110,8 @@ class ReferIndex:
         self._refs: dict[int, Ref] = {}
         self._splits: dict[str, list[int]] = {}
         for ref_id, ann_id, image_id, split, sentences in payload["refs"]:
+            if ann_id not in self._masks or image_id not in self._images:
+                raise ValueError(f"ref {ref_id} has no mask or image in the payload")
             sentences = tuple(Sentence(sent_id, ref_id, text) for sent_id, text in sentences)
             self._refs[ref_id] = Ref(ref_id, ann_id, image_id, split, sentences)
             self._splits.setdefault(split, []).append(ref_id)
@@ -129,15 +134,19 @@ class ReferIndex:
         files = ReferFiles(root, dataset, split_by, image_dir=image_dir, cache_dir=cache_dir)
         files.require()
         signature = files.signature()
-        payload = _read_cache(files.cache_path, signature)
-        if payload is None:
-            payload, problems = parse_refer(files, progress=progress)
-            if problems:
-                raise DataError(
-                    f"{len(problems)} problem(s) in {dataset} ({split_by}), the first: {problems[0]}. "
-                    f"`mmnet data check --root {root} --dataset {dataset} --split-by {split_by}` lists them all"
-                )
-            _write_cache(files.cache_path, {"version": CACHE_VERSION, "sources": signature, **payload})
+        cached = _read_cache(files.cache_path, signature)
+        if cached is not None:
+            try:
+                return cls(files, cached)
+            except (KeyError, TypeError, ValueError):
+                pass  # a cache that does not hold together is stale, like an outdated one
+        payload, problems = parse_refer(files, progress=progress)
+        if problems:
+            raise DataError(
+                f"{len(problems)} problem(s) in {dataset} ({split_by}), the first: {problems[0]}. "
+                f"`mmnet data check --root {root} --dataset {dataset} --split-by {split_by}` lists them all"
+            )
+        _write_cache(files.cache_path, {"version": CACHE_VERSION, "sources": signature, **payload})
         return cls(files, payload)
 
     @classmethod
@@ -184,16 +193,16 @@ class ReferIndex:
 def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, list], list[str]]:
     """Parses the source files into the cached payload; returns it with every problem found.
 
-    Unreadable files raise DataError; faults in single refs or annotations are returned as
-    messages (each naming its file) and leave that ref out of the payload.
+    Unreadable files raise DataError; faults in single refs or records are returned as messages
+    (each naming its file and the id) and leave that ref or record out of the payload.
     """
     refs = load_plain_pickle(files.refs_path)
     if not isinstance(refs, list):
         raise DataError(f"{files.refs_path}: expected a list of refs, found a {type(refs).__name__}")
     instances = _read_instances(files.instances_path)
     problems: list[str] = []
-    images = _records_by_id(instances["images"], ("id", "file_name", "height", "width"), "image", files.instances_path, problems)
-    anns = _records_by_id(instances["annotations"], ("id", "image_id", "segmentation"), "annotation", files.instances_path, problems)
+    images = _records_by_id(instances["images"], IMAGE_FIELDS, "image", files.instances_path, problems)
+    anns = _records_by_id(instances["annotations"], ANNOTATION_FIELDS, "annotation", files.instances_path, problems)
 
     payload: dict[str, list] = {"refs": [], "images": [], "masks": []}
     used_images: set[int] = set()
@@ -201,7 +210,7 @@ def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, 
     seen_refs: set[int] = set()
     seen_sents: set[int] = set()
     for position, ref in enumerate(tqdm(refs, desc=f"indexing {files.refs_path.name}", unit="ref", disable=not progress)):
-        label = ref.get("ref_id", f"#{position}") if isinstance(ref, dict) else f"#{position}"
+        label = _label(ref, "ref_id", position)
         fault = _ref_fault(ref, images, anns, seen_refs, seen_sents)
         if fault is not None:
             problems.append(f"{files.refs_path}: ref {label}: {fault}")
@@ -222,29 +231,71 @@ def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, 
     return payload, problems
 
 
-def _ref_fault(ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sents: set[int]) -> Optional[str]:
-    """What is wrong with one ref, or None; records its ids as seen."""
-    if not isinstance(ref, dict):
-        return f"is a {type(ref).__name__}, not a dict"
-    missing = [key for key in ("ref_id", "ann_id", "image_id", "split", "sentences") if key not in ref]
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The fields read from each record: a test of the value and what the value should be.
+_ID = (_is_id, "an integer")
+_SIDE = (lambda v: _is_id(v) and v > 0, "a positive integer")
+_NAME = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+IMAGE_FIELDS = {"id": _ID, "file_name": _NAME, "height": _SIDE, "width": _SIDE}
+ANNOTATION_FIELDS = {
+    "id": _ID,
+    "image_id": _ID,
+    "segmentation": (lambda v: isinstance(v, (list, dict)), "a list of polygons or an RLE dict"),
+}
+REF_FIELDS = {
+    "ref_id": _ID,
+    "ann_id": _ID,
+    "image_id": _ID,
+    "split": _NAME,
+    "sentences": (lambda v: isinstance(v, list) and v != [], "a non-empty list"),
+}
+SENTENCE_FIELDS = {"sent_id": _ID, "sent": (lambda v: isinstance(v, str), "a string")}
+
+
+def _field_fault(record: Any, fields: dict) -> Optional[str]:
+    """What is wrong with a record's fields, or None."""
+    if not isinstance(record, dict):
+        return f"is a {type(record).__name__}, not a dict"
+    missing = [key for key in fields if key not in record]
     if missing:
         return f"lacks {', '.join(missing)}"
+    for key, (valid, should_be) in fields.items():
+        if not valid(record[key]):
+            return f"{key} {reprlib.repr(record[key])} is not {should_be}"
+    return None
+
+
+def _label(record: Any, key: str, position: int) -> str:
+    """A record's id where it has a usable one, else its position in its list."""
+    if isinstance(record, dict) and _is_id(record.get(key)):
+        return str(record[key])
+    return f"#{position}"
+
+
+def _ref_fault(ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sents: set[int]) -> Optional[str]:
+    """What is wrong with one ref, or None; records its ids as seen."""
+    fault = _field_fault(ref, REF_FIELDS)
+    if fault is not None:
+        return fault
     if ref["ref_id"] in seen_refs:
         return "ref_id used twice"
     seen_refs.add(ref["ref_id"])
     if ref["ann_id"] not in anns:
-        return f"its annotation {ref['ann_id']} is not in instances.json"
+        return f"its annotation {ref['ann_id']} is not in instances.json, or is faulty there"
     if ref["image_id"] not in images:
-        return f"its image {ref['image_id']} is not in instances.json"
+        return f"its image {ref['image_id']} is not in instances.json, or is faulty there"
     if anns[ref["ann_id"]]["image_id"] != ref["image_id"]:
         return f"its annotation {ref['ann_id']} belongs to image {anns[ref['ann_id']]['image_id']}, not {ref['image_id']}"
-    if not isinstance(ref["sentences"], list) or not ref["sentences"]:
-        return "has no sentences"
-    for sentence in ref["sentences"]:
-        if not isinstance(sentence, dict) or "sent" not in sentence or "sent_id" not in sentence:
-            return "holds a sentence without sent and sent_id"
-        if not isinstance(sentence["sent"], str) or not sentence["sent"].strip():
-            return f"sentence {sentence['sent_id']} is empty"
+    for position, sentence in enumerate(ref["sentences"]):
+        fault = _field_fault(sentence, SENTENCE_FIELDS)
+        if fault is not None:
+            return f"sentence {_label(sentence, 'sent_id', position)} {fault}"
+        if not word_tokens(sentence["sent"]):
+            # The tokenizer's own test: text such as "&nbsp;" or "\ufeff" is not blank but has no words.
+            return f"sentence {sentence['sent_id']} is empty: {sentence['sent']!r} has no words to tokenise"
         if sentence["sent_id"] in seen_sents:
             return f"sent_id {sentence['sent_id']} used twice"
         seen_sents.add(sentence["sent_id"])
@@ -252,25 +303,26 @@ def _ref_fault(ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sen
 
 
 def _read_instances(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: instances.json not found")
     try:
-        with path.open("rb") as file:
-            instances = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        instances = json.loads(read_bytes(path, what="instances.json"))
+    except (ValueError, RecursionError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list) for k in ("images", "annotations")):
         raise DataError(f"{path}: expected a COCO file with 'images' and 'annotations' lists")
     return instances
 
 
-def _records_by_id(records: list, keys: tuple[str, ...], kind: str, path: Path, problems: list[str]) -> dict[int, dict]:
-    by_id = {}
+def _records_by_id(records: list, fields: dict, kind: str, path: Path, problems: list[str]) -> dict[int, dict]:
+    """Records of instances.json by id; each faulty or repeated record is a problem and left out."""
+    by_id: dict[int, dict] = {}
     for position, record in enumerate(records):
-        if not isinstance(record, dict) or any(key not in record for key in keys):
-            problems.append(f"{path}: {kind} #{position} lacks one of {', '.join(keys)}")
-        else:
+        fault = _field_fault(record, fields)
+        if fault is None and record["id"] in by_id:
+            fault = "id used twice"
+        if fault is None:
             by_id[record["id"]] = record
+        else:
+            problems.append(f"{path}: {kind} {_label(record, 'id', position)}: {fault}")
     return by_id
 
 
