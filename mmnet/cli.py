@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--image-dir", help="images folder (default <root>/images/train2014)")
     check.add_argument("--workers", type=int, default=0, help="threads decoding images (default: all cores)")
     check.add_argument("--limit", type=int, default=20, help="problems listed per kind")
+    check.add_argument("--context-length", type=int, default=17, help="count the expressions cut at this model.context_length")
     check.set_defaults(func=_data_check)
     return parser
 

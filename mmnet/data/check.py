@@ -10,6 +10,7 @@ from tqdm import tqdm
 from mmnet.data.errors import DataError
 from mmnet.data.images import load_image
 from mmnet.data.refer import ReferFiles, ReferIndex, parse_refer
+from mmnet.data.tokenizer import word_tokens
 
 
 def print_counts(index: ReferIndex) -> None:
@@ -23,6 +24,16 @@ def print_counts(index: ReferIndex) -> None:
     print(f"{'split':<8}{'refs':>10}{'sentences':>12}{'images':>10}")
     for split, refs, sentences, images in rows:
         print(f"{split:<8}{refs:>10,}{sentences:>12,}{images:>10,}")
+
+
+def print_cut_expressions(index: ReferIndex, context_length: int) -> None:
+    """Prints how many expressions do not fit in ``context_length`` tokens with [SOS] and [EOS], and the longest."""
+    lengths = [word_tokens(s.text) + 2 for split in index.splits for s in index.sentences(split)]
+    cut = sum(length > context_length for length in lengths)
+    print(
+        f"\n{cut:,} of {len(lengths):,} expressions are cut at context length {context_length} "
+        f"(the longest takes {max(lengths, default=0)} tokens with [SOS] and [EOS])"
+    )
 
 
 def image_problems(index: ReferIndex, *, workers: int, progress: bool = True) -> list[str]:
@@ -48,6 +59,7 @@ def run_check(args) -> int:
     payload, problems = parse_refer(files)
     index = ReferIndex(files, payload)
     print_counts(index)
+    print_cut_expressions(index, args.context_length)
     missing_images = image_problems(index, workers=args.workers or os.cpu_count() or 1)
     for title, messages in (("refs and annotations", problems), ("images", missing_images)):
         if messages:
