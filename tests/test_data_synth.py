@@ -1,5 +1,6 @@
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from PIL import Image
 from mmnet.cli import main
 from mmnet.data.pickles import load_plain_pickle
 from mmnet.data.refer import ReferIndex
-from mmnet.data.scenes import COLOURS, KIND_WORDS, SIZE_WORDS
+from mmnet.data.scenes import COLOURS, KIND_WORDS, SIZE_WORDS, Shape, is_referable
 from mmnet.data.synth import generate, write_synthetic
 
 ARGS = dict(name="synthref", seed=3, images=(6, 2, 2, 2), width=128, height=96)  # as the synth_root fixture
@@ -49,20 +50,58 @@ def generated():
     return list(generate(**ARGS))
 
 
-def test_every_mask_read_back_equals_the_mask_drawn(synth_root, generated):
-    drawn = {}
-    for item in generated:
-        for mask in item.masks:
-            drawn[len(drawn) + 1] = mask  # annotation ids count the shapes in order
+def _inside(shape, x, y):
+    """Whether points lie in the shape, from its definition (not from the polygon the generator writes):
+    a circle of the shape's radius, a square of half-side 0.75 radius, an equilateral triangle apex
+    up inscribed in the circle, a diamond 1.6 radius wide and 2 high."""
+    u, v = (x - shape.cx) / shape.radius, (y - shape.cy) / shape.radius
+    if shape.kind == "circle":
+        return u**2 + v**2 <= 1
+    if shape.kind == "square":
+        return (np.abs(u) <= 0.75) & (np.abs(v) <= 0.75)
+    if shape.kind == "triangle":
+        return (v <= 0.5) & (np.sqrt(3) * np.abs(u) <= v + 1)
+    return np.abs(u) / 0.8 + np.abs(v) <= 1
+
+
+def _referred(synth_root, generated):
+    """(ref, the shape it refers to, the mask its image was painted from) for every ref read back."""
+    shapes = [(shape, mask) for item in generated for shape, mask in zip(item.shapes, item.masks)]
     index = ReferIndex.load(synth_root, "synthref", "unc", progress=False)
     refs = [ref for split in index.splits for ref in index.refs(split)]
     assert len(refs) == sum(len(item.expressions) for item in generated)
-    for ref in refs:
-        np.testing.assert_array_equal(index.mask(ref.ref_id), drawn[ref.ann_id])
-    # Both segmentation forms are among the referred annotations.
+    # Annotation ids count the shapes in order.
+    return index, [(ref, *shapes[ref.ann_id - 1]) for ref in refs]
+
+
+def test_every_mask_read_back_is_the_mask_its_image_was_painted_from(synth_root, generated):
+    # Pixel for pixel: the generator paints each shape on exactly the pixels pycocotools decodes from
+    # its polygon, so this pins the writing and reading of both segmentation forms, not the drawing.
+    index, referred = _referred(synth_root, generated)
+    for ref, _, painted in referred:
+        np.testing.assert_array_equal(index.mask(ref.ref_id), painted)
     instances = json.loads((synth_root / "synthref" / "instances.json").read_text())
-    forms = {type(a["segmentation"]).__name__ for a in instances["annotations"] if a["id"] in {r.ann_id for r in refs}}
+    forms = {type(a["segmentation"]).__name__ for a in instances["annotations"] if a["id"] in {r.ann_id for r, _, _ in referred}}
     assert forms == {"list", "dict"}
+
+
+def test_every_mask_read_back_covers_its_shape(synth_root, generated):
+    # Against pixel centres inside the shape's own geometry: equal on every pixel more than one pixel
+    # from the outline, and on all but a few percent of the pixels within one pixel of it (pycocotools
+    # rounds outlines its own way). A rasteriser that mirrored shapes, or moved them by half a pixel
+    # (about a fifth of the pixels near outlines wrong), fails here and passes the test above.
+    index, referred = _referred(synth_root, generated)
+    near_outline = wrong_near_outline = 0
+    for ref, shape, _ in referred:
+        image = index.image(ref.image_id)
+        ys, xs = np.mgrid[: image.height, : image.width] + 0.5
+        inside = _inside(shape, xs, ys)
+        near = np.logical_or.reduce([_inside(shape, xs + dx, ys + dy) != inside for dx in (-1, 0, 1) for dy in (-1, 0, 1)])
+        wrong = index.mask(ref.ref_id).astype(bool) != inside
+        assert not np.any(wrong & ~near), ref
+        near_outline += near.sum()
+        wrong_near_outline += (wrong & near).sum()
+    assert wrong_near_outline < 0.05 * near_outline
 
 
 def test_shapes_are_painted_flat_exactly_on_their_masks(synth_root, generated):
@@ -89,8 +128,24 @@ def test_no_single_word_finds_a_referred_shape(generated):
     for item in generated:
         for k in item.expressions:
             target = item.shapes[k]
-            assert sum(s.colour == target.colour for s in item.shapes) >= 2
-            assert sum(s.kind == target.kind for s in item.shapes) >= 2
+            words = (target.colour, KIND_WORDS[target.kind][0], SIZE_WORDS[target.size][0])
+            assert all(len(_fitting(word, item.shapes)) >= 2 for word in words), (item.file_name, target)
+            # The shape sharing the colour and the one sharing the kind are two shapes, not one twin.
+            same_colour = {i for i, s in enumerate(item.shapes) if i != k and s.colour == target.colour}
+            same_kind = {i for i, s in enumerate(item.shapes) if i != k and s.kind == target.kind}
+            assert same_colour and same_kind and len(same_colour | same_kind) >= 2, (item.file_name, target)
+
+
+def test_a_twin_or_a_size_of_its_own_leaves_a_shape_unreferred():
+    target = Shape("circle", "red", "small", 20, 20, 8)
+    red_square = Shape("square", "red", "small", 60, 20, 8)
+    blue_circle = Shape("circle", "blue", "small", 100, 20, 8)
+    twin = replace(target, cx=60)
+    assert is_referable(target, [target, red_square, blue_circle])
+    # A twin shares colour and kind at once; the two distractors must be different shapes.
+    assert not is_referable(target, [target, twin, replace(blue_circle, kind="square")])
+    # "small" alone would find it.
+    assert not is_referable(target, [target, replace(red_square, size="big"), replace(blue_circle, size="big")])
 
 
 def test_expressions_use_colour_kind_size_position_and_relation_words(generated):
@@ -136,6 +191,14 @@ def test_synth_command_writes_and_counts(tmp_path, capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert rows["train"] == [str(len(train)), str(sum(len(r.sentences) for r in train)), "3"]
     assert "data.dataset=synthref" in out
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ""])
+def test_synth_command_refuses_a_name_that_is_not_a_folder_name(tmp_path, capsys, name):
+    out = tmp_path / "out"
+    assert main(["data", "synth", "--out", str(out), "--name", name, "--images", "1", "0", "0", "0"]) == 2
+    assert "must be a plain folder name" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*.jpg")) and not any(tmp_path.rglob("*.json"))
 
 
 def test_synth_command_refuses_a_tiny_image(tmp_path, capsys):

@@ -1,10 +1,11 @@
 """Synthetic referring scenes: flat shapes on a plain background, and expressions that pick one out.
 
 An image holds 3 to 6 shapes of a few colours, kinds and two sizes, apart from one another. A
-shape is referred to only when another shape shares its colour and a third its kind, so no
-single word finds it; each expression names at least two of colour, kind and size, and adds a
-position ("the leftmost ...") or a relation to a landmark ("... left of the blue square") where
-the attributes alone would still fit several shapes.
+shape is referred to only when one other shape shares its colour, a different one its kind, and
+some other shape its size, so that no single word (colour, kind or size) finds it. Each
+expression names at least two of colour, kind and size, and adds a position ("the leftmost ...")
+or a relation to a landmark ("... left of the blue square") where the attributes alone would
+still fit several shapes.
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ def _place(rng: np.random.Generator, looks: list, *, width: int, height: int) ->
 
 
 def is_referable(target: Shape, shapes: list[Shape]) -> bool:
-    """Another shape shares the target's colour, and another its kind."""
+    """No single word finds the target: one other shape shares its colour and a different one its
+    kind (a twin of the same colour and kind is not both), and another shape shares its size."""
     others = [s for s in shapes if s is not target]
-    return any(s.colour == target.colour for s in others) and any(s.kind == target.kind for s in others)
+    same_colour = [s for s in others if s.colour == target.colour]
+    same_kind = [s for s in others if s.kind == target.kind]
+    distractors = any(a is not b for a in same_colour for b in same_kind)
+    return distractors and any(s.size == target.size for s in others)
 
 
 def describe(target: Shape, shapes: list[Shape], rng: np.random.Generator, *, short_side: int) -> dict[str, list[str]]:

@@ -77,6 +77,9 @@ def write_synthetic(
     progress: bool = True,
 ) -> Path:
     """Writes the dataset under ``out`` (the data.root of a config); returns the dataset folder."""
+    # The name becomes a folder under out and the prefix of image files beside COCO's.
+    if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise DataError(f"dataset name {name!r} must be a plain folder name, without / or \\")
     out = Path(out)
     dataset_dir, image_dir = out / name, out / "images" / "train2014"
     dataset_dir.mkdir(parents=True, exist_ok=True)
