@@ -61,7 +61,7 @@ def _blob(height, width):
 
 
 def _near_border(mask, distance=1):
-    """Pixels within ``distance`` of a pixel of the other value, or of the image edge."""
+    """Pixels within ``distance`` rows and columns of a pixel of the other value: the mask's border, not the image edge."""
     padded = np.pad(mask, distance, mode="edge")
     h, w = mask.shape
     windows = [padded[dy : dy + h, dx : dx + w] for dy in range(2 * distance + 1) for dx in range(2 * distance + 1)]
