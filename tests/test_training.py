@@ -150,8 +150,18 @@ def test_two_processes_under_torchrun(synth_root, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(REPO / "tests" / "distributed_worker.py"), str(tmp_path / "run.yaml"), str(out),
     ]
-    finished = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    # A session of its own, so that a failure or timeout can stop torchrun and both workers together.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+    )
+    try:
+        output = process.communicate(timeout=600)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, output[-6000:]
 
     # Both ranks end with identical weights.
     assert_same_weights(load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors")))
