@@ -6,8 +6,8 @@ testB. A text-blind control (every expression replaced by an empty one) shows wh
 alone give away. Results go to benchmarks/results/ablations.json and docs/ablations.md, beside
 the paper's figures (RefCOCO+ testA, ResNet-50, 50 epochs).
 
-    python benchmarks/ablations.py                      # about 9 x 6 minutes on 2 CPU cores
-    python benchmarks/ablations.py --epochs 2 --images 300 50 50 50   # a quick look
+    python benchmarks/ablations.py                      # about 9 x 4 minutes on 2 CPU cores
+    python benchmarks/ablations.py --epochs 1 --images 300 50 50 50   # a quick look
 """
 
 from __future__ import annotations
@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--images", type=int, nargs=4, default=[1000, 100, 100, 100])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--images", type=int, nargs=4, default=[3000, 100, 100, 100])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--out", default="runs/ablations")

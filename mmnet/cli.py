@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="settings to override")
     demo.add_argument("--out", default="runs/demo", help="folder for the data, the run, report.md and predictions.png")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
-    demo.add_argument("--images", type=int, nargs=4, default=[2000, 100, 100, 100], metavar=("TRAIN", "VAL", "TESTA", "TESTB"))
+    demo.add_argument("--images", type=int, nargs=4, default=[6000, 100, 100, 100], metavar=("TRAIN", "VAL", "TESTA", "TESTB"))
     demo.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="synthetic image size")
     demo.add_argument("--examples", type=int, default=6, help="examples drawn in predictions.png")
     demo.set_defaults(func=_demo)
