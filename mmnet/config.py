@@ -110,12 +110,31 @@ class TrainConfig:
     log_every: int = 20
     tensorboard: bool = True
 
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"train.micro_batch_size must be at least 1, got {self.micro_batch_size}")
+        for name in ("lr", "lr_power"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"train.{name} must be above 0, got {getattr(self, name)}")
+        for name in ("backbone_lr_mult", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
+
 
 @dataclass
 class EvalConfig:
     threshold: float = 0.35
     """Probability above which a pixel belongs to the object."""
     batch_size: int = 16
+
+    def validate(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"eval.threshold must lie between 0 and 1, got {self.threshold}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be at least 1, got {self.batch_size}")
 
 
 @dataclass
@@ -127,6 +146,10 @@ class Config:
 
     def validate(self) -> "Config":
         self.model.validate()
+        self.train.validate()
+        self.eval.validate()
+        if self.data.num_workers < 0:
+            raise ConfigError(f"data.num_workers must not be negative, got {self.data.num_workers}")
         return self
 
 
