@@ -19,7 +19,8 @@ from mmnet.modeling import mask_loss, target_for
 
 
 class NonFiniteLossError(MMNetError):
-    """The loss became NaN or infinite; training stops without saving the broken weights."""
+    """The loss or the gradient became NaN or infinite; training stops before the optimizer step,
+    without saving."""
 
 
 @dataclass
@@ -70,15 +71,17 @@ def train_one_epoch(
     """Runs the rest of ``state.epoch``: an optimizer step every ``accumulation`` micro-batches.
 
     Returns True when a stop was requested (by a signal, on any process) and the loop ended
-    after a whole optimizer step.
+    after a whole optimizer step. The logged loss and IoU are means over all processes.
     """
     model.train()
     steps_left = len(loader) // accumulation
     bar = tqdm(total=steps_left, desc=f"epoch {state.epoch + 1}", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
-    loss_sum = torch.zeros((), device=ctx.device)
-    iou_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
-    window = {"loss": 0.0, "iou": 0.0, "steps": 0, "start": time.perf_counter()}
-    stopped = False
+    step_loss = torch.zeros((), device=ctx.device)
+    step_iou = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    # Sums over the log window, kept on the device so that a step never waits for a copy.
+    window = torch.zeros(2, device=ctx.device, dtype=torch.float64)
+    window_steps, window_start, done = 0, time.perf_counter(), 0
+    no_limit = float("inf")
     for index, batch in enumerate(loader):
         if index // accumulation >= steps_left:
             break
@@ -92,59 +95,65 @@ def train_one_epoch(
                 logits = model(images, tokens)["logits"]
             loss = mask_loss(logits, masks)
             (loss / accumulation).backward()
-        loss_sum += loss.detach() / accumulation
-        iou_sum += batch_iou(logits, masks, threshold).mean() / accumulation
+        step_loss += loss.detach() / accumulation
+        step_iou += batch_iou(logits, masks, threshold).mean() / accumulation
         if not last_micro:
             continue
 
-        # One all-reduce per step decides for every process: a bad loss anywhere, or a signal anywhere.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else no_limit)
+        # One all-reduce per step decides for every process: a bad loss or gradient anywhere, or a signal anywhere.
         flags = distributed.all_reduce_sum(
-            torch.stack([(~torch.isfinite(loss_sum)).float(), torch.tensor(float(stop_requested()), device=ctx.device)])
-        )
-        if flags[0] > 0:
-            raise NonFiniteLossError(
-                f"the loss became {loss_sum.item()} at epoch {state.epoch + 1}, step {state.step + 1}; "
-                "training stopped and the last checkpoint was kept (try a lower train.lr or train.grad_clip)"
+            torch.stack(
+                [
+                    (~torch.isfinite(step_loss)).float(),
+                    (~torch.isfinite(grad_norm)).float(),
+                    torch.tensor(float(stop_requested()), device=ctx.device),
+                ]
             )
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        )
+        if flags[0] > 0 or flags[1] > 0:
+            what = f"loss became {step_loss.item()}" if flags[0] > 0 else f"gradient norm became {grad_norm.item()}"
+            raise NonFiniteLossError(
+                f"the {what} at epoch {state.epoch + 1}, step {state.step + 1}; training stopped without saving this "
+                "state, so the last checkpoint (if any) is the last good one (try a lower train.lr or train.grad_clip)"
+            )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         state.step += 1
         state.epoch_step += 1
+        done += 1
 
-        window["loss"] += float(loss_sum)
-        window["iou"] += float(iou_sum)
-        window["steps"] += 1
-        loss_sum.zero_()
-        iou_sum.zero_()
-        if window["steps"] == log_every or state.epoch_step == steps_left or flags[1] > 0:
-            elapsed = time.perf_counter() - window["start"]
+        window += torch.stack([step_loss.double(), step_iou])
+        window_steps += 1
+        step_loss.zero_()
+        step_iou.zero_()
+        stop = bool(flags[2] > 0)
+        if window_steps == log_every or done == steps_left or stop:
+            mean = distributed.all_reduce_sum(window.clone()) / (window_steps * ctx.world_size)
             record = {
                 "epoch": state.epoch + 1,
                 "step": state.step,
-                "loss": window["loss"] / window["steps"],
-                "iou": 100.0 * window["iou"] / window["steps"],
+                "loss": float(mean[0]),
+                "iou": 100.0 * float(mean[1]),
                 "lr": optimizer.param_groups[-1]["lr"],
-                "samples_per_s": window["steps"] * samples_per_step / max(elapsed, 1e-9),
+                "samples_per_s": window_steps * samples_per_step / max(time.perf_counter() - window_start, 1e-9),
             }
             log(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", iou=f"{record['iou']:.1f}", samples_s=f"{record['samples_per_s']:.1f}")
-            window = {"loss": 0.0, "iou": 0.0, "steps": 0, "start": time.perf_counter()}
+            window.zero_()
+            window_steps, window_start = 0, time.perf_counter()
         bar.update(1)
-        if flags[1] > 0:
-            stopped = True
-            break
+        if stop:
+            bar.close()
+            return True
     bar.close()
-    return stopped
+    return False
 
 
-def sample_maps(outputs: dict[str, torch.Tensor], index: int, geometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ``index``'s probability map (H x W) and its queries' (M x H x W) at the original size."""
-    probability = to_original(outputs["logits"][index, 0].float().sigmoid(), geometry)
-    queries = to_original(outputs["query_masks"][index].float().sigmoid(), geometry)
-    return probability, queries
+def query_maps(outputs: dict[str, torch.Tensor], index: int, geometry) -> torch.Tensor:
+    """Sample ``index``'s query probabilities at the original size, on the CPU: M x H x W."""
+    return to_original(outputs["query_masks"][index].float().sigmoid().cpu(), geometry)
 
 
 @torch.inference_mode()
