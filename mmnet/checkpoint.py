@@ -36,8 +36,9 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, config: Config, 
     """Writes ``directory`` atomically: weights, config and (optionally) the training state."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(staging / MODEL_FILE), metadata={"format": "pt"})

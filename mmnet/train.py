@@ -68,11 +68,12 @@ def seed_everything(seed: int) -> None:
 
 
 class StopSignal:
-    """Turns the first SIGINT or SIGTERM into a request to stop after the current step; a second
-    one interrupts at once."""
+    """Turns SIGINT or SIGTERM into a request to stop after the current step. A second SIGINT
+    (Ctrl-C twice) interrupts at once, unless a checkpoint is being written."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.saving = False
         self._previous = {}
 
     def __enter__(self) -> "StopSignal":
@@ -83,7 +84,9 @@ class StopSignal:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT and not self.saving:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         print(f"\nmmnet: {signal.Signals(signum).name} received; saving a checkpoint after this step", flush=True)
 
@@ -92,10 +95,26 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def _check_resumable(saved: Config, config: Config, directory: Path) -> None:
-    if saved.model != config.model:
-        differing = [k for k, v in config_to_dict(config.model).items() if config_to_dict(saved.model)[k] != v]
-        raise CheckpointError(f"{directory} was trained with other model settings ({', '.join('model.' + k for k in differing)})")
+def _ignore_interrupts(worker_id: int) -> None:
+    """Data-loader workers leave Ctrl-C to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# Settings that fix the course of a run: resuming with others would not continue it exactly.
+RUN_SETTINGS = ("epochs", "batch_size", "micro_batch_size", "lr", "lr_power", "backbone_lr_mult", "weight_decay", "seed")
+
+
+def _check_resumable(saved: Config, config: Config, directory: Path, *, saved_world: int, world: int) -> None:
+    """Refuses to resume where the run would not continue as it began."""
+    saved_model, model = config_to_dict(saved.model), config_to_dict(config.model)
+    differing = [f"model.{k}" for k, v in model.items() if k != "clip_weights" and saved_model[k] != v]
+    differing += [f"train.{k}" for k in RUN_SETTINGS if getattr(saved.train, k) != getattr(config.train, k)]
+    if saved.data.text_blind != config.data.text_blind:
+        differing.append("data.text_blind")
+    if differing:
+        raise CheckpointError(f"{directory} was trained with other settings ({', '.join(differing)}); resume with the same ones")
+    if saved_world != world:
+        raise CheckpointError(f"{directory} was trained by {saved_world} processes; resume it with {saved_world}, not {world}")
 
 
 @dataclass
@@ -126,7 +145,11 @@ def train(config: Config, *, resume: Optional[str] = None, stop_after_epochs: Op
 def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], stop_after_epochs: Optional[int]) -> TrainResult:
     output = Path(config.train.output_dir)
     micro, accumulation = batch_plan(config, ctx.world_size)
-    seed_everything(config.train.seed)
+    if resume == "auto":
+        resume = str(output / "last") if (output / "last").exists() or (output / "last.old").exists() else None
+    if resume is None and ((output / "last").exists() or (output / "last.old").exists()):
+        raise ConfigError(f"{output} already holds a run; continue it with --resume auto, or choose another train.output_dir")
+    seed_everything(config.train.seed)  # the same initial weights on every process
 
     index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
     size, length = config.model.image_size, config.model.context_length
@@ -144,6 +167,7 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
         "num_workers": config.data.num_workers,
         "pin_memory": ctx.device.type == "cuda",
         "generator": torch.Generator().manual_seed(config.train.seed),
+        "worker_init_fn": _ignore_interrupts,
     }
     train_loader = DataLoader(train_set, batch_size=micro, sampler=train_sampler, drop_last=True, **loader_options)
     val_loader = DataLoader(
@@ -159,7 +183,8 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
             f"{len(train_set)} training refs give no full step of train.batch_size={config.train.batch_size}; lower it"
         )
 
-    model = build_mmnet(config.model).to(ctx.device)
+    model = build_mmnet(config.model, load_clip_weights=resume is None).to(ctx.device)
+    seed_everything(config.train.seed + ctx.rank)  # then dropout differs between processes
     optimizer = torch.optim.Adam(
         parameter_groups(model, lr=config.train.lr, backbone_lr_mult=config.train.backbone_lr_mult),
         weight_decay=config.train.weight_decay,
@@ -167,17 +192,15 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(per_epoch * config.train.epochs, config.train.lr_power))
     state = TrainState()
 
-    if resume == "auto":
-        resume = str(output / "last") if (output / "last").exists() or (output / "last.old").exists() else None
     if resume is not None:
         directory = find_checkpoint(resume)
-        _check_resumable(read_config(directory), config, directory)
-        load_weights(model, directory)
         saved = load_state(directory)
+        _check_resumable(read_config(directory), config, directory, saved_world=len(saved["rng"]), world=ctx.world_size)
+        load_weights(model, directory)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**saved["train_state"])
-        set_rng_state(saved["rng"])
+        set_rng_state(saved["rng"][ctx.rank])
         if ctx.is_main:
             print(f"mmnet: resuming from {directory} at epoch {state.epoch + 1}, step {state.step}", flush=True)
 
@@ -186,6 +209,7 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
         if ctx.device.type == "cuda":  # batch statistics over all GPUs; gloo on CPUs has no SyncBatchNorm
             wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    stop = StopSignal()
     log_file, writer = None, None
     if ctx.is_main:
         output.mkdir(parents=True, exist_ok=True)
@@ -202,18 +226,27 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
                 if key not in ("epoch", "step") and isinstance(value, (int, float)):
                     writer.add_scalar(f"train/{key}", value, record["step"])
 
-    def checkpoint(name: str) -> Path:
-        payload = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "train_state": vars(state),
-            "rng": rng_state(),
-        }
-        return save_checkpoint(output / name, model=model, config=config, state=payload)
+    def checkpoint(*names: str) -> Optional[Path]:
+        """Every process hands in its random state; the main one writes the named checkpoints."""
+        rngs = distributed.all_gather_objects(rng_state())
+        path = None
+        if ctx.is_main:
+            payload = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "train_state": vars(state),
+                "rng": rngs,
+            }
+            stop.saving = True
+            for name in names:
+                path = save_checkpoint(output / name, model=model, config=config, state=payload)
+            stop.saving = False
+        distributed.barrier()
+        return path
 
     epochs_run = 0
     interrupted = False
-    with StopSignal() as stop:
+    with stop:
         while state.epoch < config.train.epochs:
             train_set.set_epoch(state.epoch)
             train_sampler.set_epoch(state.epoch, skip=state.epoch_step * accumulation * micro)
@@ -234,8 +267,8 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
                 stop_requested=lambda: stop.requested,
             )
             if interrupted:
+                path = checkpoint("last")
                 if ctx.is_main:
-                    path = checkpoint("last")
                     print(f"mmnet: stopped; resume with --resume {path}", flush=True)
                 break
             distributed.broadcast_buffers(model)  # every process validates and saves the same model
@@ -254,10 +287,8 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
                 state.best_miou = metrics["mIoU"]
             if ctx.is_main:
                 print(f"epoch {state.epoch}: val mIoU {metrics['mIoU']:.2f}, oIoU {metrics['oIoU']:.2f}", flush=True)
-                checkpoint("last")
-                if is_best:
-                    checkpoint("best")
-            distributed.barrier()
+            # best first: a kill between the two saves must not leave last claiming a best that is not saved
+            checkpoint(*(("best", "last") if is_best else ("last",)))
             epochs_run += 1
             if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
                 break

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from mmnet import engine
 from mmnet.checkpoint import CheckpointError, find_checkpoint, load_state
-from mmnet.config import Config, DataConfig, EvalConfig, TrainConfig, save_config
+from mmnet.config import Config, ConfigError, DataConfig, EvalConfig, TrainConfig, save_config
 from mmnet.engine import NonFiniteLossError
 from mmnet.evaluate import evaluate_checkpoint
 from mmnet.train import train
@@ -27,11 +27,29 @@ from tiny import tiny_model_config
 REPO = Path(__file__).resolve().parent.parent
 
 
+def test_learning_rate_decays_polynomially_and_the_backbone_has_its_own():
+    from mmnet.engine import poly_schedule
+    from mmnet.train import parameter_groups
+    from tiny import build_tiny
+
+    factor = poly_schedule(100, 0.9)
+    assert factor(0) == 1.0
+    assert factor(50) == pytest.approx(0.5**0.9)  # worked by hand: 0.5359
+    assert factor(100) == 0.0 and factor(120) == 0.0
+    model = build_tiny()
+    backbone, heads = parameter_groups(model, lr=1e-4, backbone_lr_mult=0.1)
+    assert backbone["lr"] == pytest.approx(1e-5) and heads["lr"] == pytest.approx(1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith(("image_encoder.tower.", "text_encoder.")) for p in backbone["params"])
+    assert any(names[id(p)].startswith("image_encoder.proj_v2") for p in heads["params"])
+    assert len(backbone["params"]) + len(heads["params"]) == len(list(model.parameters()))
+
+
 def tiny_run_config(data_root: Path, output_dir: Path, **train_changes) -> Config:
     train_settings = TrainConfig(
         epochs=2,
         batch_size=4,
-        micro_batch_size=2,  # two micro-batches accumulate into each step
+        micro_batch_size=2,  # two micro-batches accumulate into each step of one process
         lr=1e-3,
         grad_clip=1.0,
         output_dir=str(output_dir),
@@ -73,32 +91,37 @@ def test_two_epochs_equal_one_epoch_plus_a_resumed_one(synth_root, tmp_path):
     assert a["train_state"]["history"] == b["train_state"]["history"]
 
 
-def test_signal_stops_after_a_step_and_resumes_exactly_mid_epoch(synth_root, tmp_path):
-    config = tiny_run_config(synth_root, tmp_path / "signalled", epochs=3)
+def test_ctrl_c_stops_after_a_step_and_resumes_exactly_mid_epoch(synth_root, tmp_path):
+    # Micro-batches of 1 make about a dozen steps an epoch, so the stop falls inside one; a data
+    # worker is there too, as Ctrl-C reaches every process of the terminal's group.
+    changes = {"epochs": 2, "batch_size": 2, "micro_batch_size": 1}
+    config = tiny_run_config(synth_root, tmp_path / "signalled", **changes)
+    config.data.num_workers = 1
     save_config(config, tmp_path / "run.yaml")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "mmnet.cli", "train", "--config", str(tmp_path / "run.yaml"), "--device", "cpu"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO,
+        start_new_session=True,
     )
     log = tmp_path / "signalled" / "log.jsonl"
     deadline = time.time() + 120
-    while not (log.exists() and log.read_text().strip()) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0].decode()
+    try:
+        while not (log.exists() and log.read_text().strip()) and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=120)[0].decode()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, output
-    assert "SIGTERM received" in output and "resume with --resume" in output
+    assert "SIGINT received" in output and "resume with --resume" in output
     stopped_at = load_state(find_checkpoint(tmp_path / "signalled" / "last"))["train_state"]
-    assert stopped_at["step"] >= 1 and stopped_at["epoch"] < 3
+    assert stopped_at["epoch"] == 0 and stopped_at["epoch_step"] >= 1  # inside the first epoch
 
     train(config, device="cpu", resume="auto")
-    straight = train(tiny_run_config(synth_root, tmp_path / "straight", epochs=3), device="cpu")
+    straight = dataclasses.replace(config, train=dataclasses.replace(config.train, output_dir=str(tmp_path / "straight")))
+    train(straight, device="cpu")
     assert_same_weights(weights(tmp_path / "straight" / "last"), weights(tmp_path / "signalled" / "last"))
-    assert straight.state.epoch == 3
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tmp_path, monkeypatch):
@@ -115,9 +138,33 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tm
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(engine, "mask_loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"the loss became nan at epoch 2, step \d+; training stopped and the last checkpoint was kept"):
+    with pytest.raises(NonFiniteLossError, match=r"the loss became nan at epoch 2, step \d+; training stopped without saving"):
         train(config, device="cpu", resume="auto")
     assert_same_weights(good, weights(tmp_path / "run" / "last"))
+
+
+class _NanGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_non_finite_gradient_with_a_finite_loss_stops_too(synth_root, tmp_path, monkeypatch):
+    real_loss = engine.mask_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, masks):
+        calls["n"] += 1
+        return real_loss(_NanGradient.apply(logits) if calls["n"] == 2 else logits, masks)
+
+    monkeypatch.setattr(engine, "mask_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"the gradient norm became nan at epoch 1, step 1"):
+        train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu")
+    assert not (tmp_path / "run" / "last").exists()
 
 
 def test_checkpoints_are_swapped_in_whole(synth_root, tmp_path):
@@ -134,16 +181,29 @@ def test_checkpoints_are_swapped_in_whole(synth_root, tmp_path):
         find_checkpoint(tmp_path / "nowhere")
 
 
+def test_a_fresh_run_will_not_overwrite_a_previous_one(synth_root, tmp_path):
+    train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'run'} already holds a run; continue it with --resume auto"):
+        train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
+
+
+def test_resume_refuses_other_run_settings(synth_root, tmp_path):
+    train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu", stop_after_epochs=1)
+    with pytest.raises(CheckpointError, match=r"trained with other settings \(train.epochs, train.lr\)"):
+        train(tiny_run_config(synth_root, tmp_path / "run", epochs=3, lr=1e-4), device="cpu", resume="auto")
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(synth_root, tmp_path):
     train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
-    other = tiny_run_config(synth_root, tmp_path / "run")
+    other = tiny_run_config(synth_root, tmp_path / "run", epochs=1)
     other.model = dataclasses.replace(other.model, num_queries=6)
-    with pytest.raises(CheckpointError, match=r"trained with other model settings \(model.num_queries\)"):
+    with pytest.raises(CheckpointError, match=r"trained with other settings \(model.num_queries\)"):
         train(other, device="cpu", resume="auto")
 
 
 def test_two_processes_under_torchrun(synth_root, tmp_path):
-    config = tiny_run_config(synth_root, tmp_path / "ddp", epochs=4, batch_size=4, micro_batch_size=2, lr=3e-3)
+    # Micro-batches of 1 on 2 processes accumulate twice per step of 4: no_sync is exercised.
+    config = tiny_run_config(synth_root, tmp_path / "ddp", epochs=3, batch_size=4, micro_batch_size=1, lr=3e-3)
     save_config(config, tmp_path / "run.yaml")
     out = tmp_path / "workers"
     command = [
