@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/x/best)")
     evaluate.add_argument("--split", action="append", required=True, help="split name; repeat for several")
     evaluate.add_argument("--vis", help="save a picture per expression (image, truth, prediction, query masks) here")
-    evaluate.add_argument("--vis-limit", type=int, help="draw at most this many expressions per split")
-    evaluate.add_argument("--out", help="metrics JSON (default <checkpoint>/eval.json)")
+    evaluate.add_argument("--vis-limit", type=int, help="draw at most this many expressions per split (and process)")
+    evaluate.add_argument("--out", help="metrics JSON (default eval_<checkpoint name>.json beside the checkpoint)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     evaluate.set_defaults(func=_eval)
 

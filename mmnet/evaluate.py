@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -10,22 +11,25 @@ from torch.utils.data import DataLoader
 
 from mmnet import distributed
 from mmnet.build import build_mmnet
-from mmnet.checkpoint import find_checkpoint, load_weights, read_config
-from mmnet.config import Config, load_config, with_overrides
+from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_weights, read_config
+from mmnet.config import Config, ConfigError, load_config, with_overrides
 from mmnet.data.datasets import ReferEvalDataset, collate_eval
 from mmnet.data.images import load_image
 from mmnet.data.refer import ReferIndex
-from mmnet.engine import evaluate, sample_maps
+from mmnet.engine import evaluate, query_maps
 from mmnet.metrics import format_table
 from mmnet.visualize import expression_panel
 
 
 def _config_for(checkpoint: Path, config_path: Optional[str], overrides: list[str]) -> Config:
     """The data and eval settings from ``--config`` (or the checkpoint's own), the model settings
-    always from the checkpoint: they describe its weights."""
+    and the text-blind switch always from the checkpoint: they describe what its weights learnt."""
+    if any(o.strip().startswith("model.") for o in overrides):
+        raise ConfigError(f"{checkpoint}: the model settings of an evaluation come from the checkpoint's {CONFIG_FILE}")
     saved = read_config(checkpoint)
     config = load_config(config_path, overrides) if config_path else with_overrides(saved, overrides)
     config.model = saved.model
+    config.data.text_blind = saved.data.text_blind
     return config
 
 
@@ -69,7 +73,7 @@ def evaluate_checkpoint(
                 if vis_limit is not None and drawn["count"] >= vis_limit:
                     return
                 drawn["count"] += 1
-                save_panel(Path(vis_dir) / split, index, batch, b, outputs, value, config.eval.threshold)
+                save_panel(Path(vis_dir) / split, index, batch, b, outputs, probability, value, config.eval.threshold)
 
             metrics, records = evaluate(
                 model=model,
@@ -84,10 +88,11 @@ def evaluate_checkpoint(
         return results
 
 
-def save_panel(folder: Path, index: ReferIndex, batch, b: int, outputs, value: float, threshold: float) -> Path:
-    """Writes ``<folder>/<sent_id>.png``: image, ground truth, prediction and scored query masks."""
+def save_panel(folder: Path, index: ReferIndex, batch, b: int, outputs, probability, value: float, threshold: float) -> Path:
+    """Writes ``<folder>/<sent_id>.png``: image, ground truth, prediction (``probability``, H x W at
+    the original size) and scored query masks."""
     folder.mkdir(parents=True, exist_ok=True)
-    probability, queries = sample_maps(outputs, b, batch["geometry"][b])
+    queries = query_maps(outputs, b, batch["geometry"][b])
     record = index.image(int(batch["image_id"][b]))
     panel = expression_panel(
         load_image(index.image_path(record.image_id), size=(record.width, record.height)),
@@ -114,8 +119,12 @@ def run_eval(args) -> int:
         vis_limit=args.vis_limit,
         device=args.device,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(format_table({split: r["metrics"] for split, r in results.items()}))
-    out = Path(args.out) if args.out else find_checkpoint(args.checkpoint) / "eval.json"
+    checkpoint = find_checkpoint(args.checkpoint)
+    # Beside the checkpoint, not in it: saving the checkpoint again replaces its folder.
+    out = Path(args.out) if args.out else checkpoint.parent / f"eval_{checkpoint.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({split: r["metrics"] for split, r in results.items()}, indent=2))
     print(f"metrics written to {out}")
