@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def run(args) -> dict:
             ],
         )
         print(f"== {name}: {' '.join(overrides)}", flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: every run starts afresh
         start = time.perf_counter()
         trained = train(config, device="cpu")
         seconds = time.perf_counter() - start
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images", type=int, nargs=4, default=[3000, 100, 100, 100])
     parser.add_argument("--seed", type=int, default=0)

@@ -8,6 +8,7 @@ testA and testB, and writes ``report.md`` (metrics, settings, time taken) and
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def run_demo(args) -> int:
     timings["synthesise the dataset"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    for previous in (out / "train", out / "vis"):  # the demo's own folders: each demo starts afresh
+        shutil.rmtree(previous, ignore_errors=True)
     result = train(config, device="cpu")
     timings["train"] = time.perf_counter() - start
 
