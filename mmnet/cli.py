@@ -37,6 +37,18 @@ def _demo(args) -> int:
     return run_demo(args)
 
 
+def _predict(args) -> int:
+    from mmnet.predictor import run_predict
+
+    return run_predict(args)
+
+
+def _export(args) -> int:
+    from mmnet.export import run_export
+
+    return run_export(args)
+
+
 def _data_synth(args) -> int:
     from mmnet.data.synth import run_synth
 
@@ -74,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="metrics JSON (default eval_<checkpoint name>.json beside the checkpoint)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     evaluate.set_defaults(func=_eval)
+
+    predict = commands.add_parser("predict", help="segment what expressions refer to in an image of your own")
+    predict.add_argument("--checkpoint", required=True, help="checkpoint directory, a training run's folder, or a Hub repository id")
+    predict.add_argument("--image", required=True, help="the image (JPEG, PNG, ...)")
+    predict.add_argument("--text", action="append", required=True, help="an expression; repeat for several about the same image")
+    predict.add_argument("--out", default="predictions", help="folder for a mask PNG and an overlay per expression (default predictions/)")
+    predict.add_argument("--threshold", type=float, help="probability above which a pixel is the object (default: the checkpoint's eval.threshold)")
+    predict.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    predict.set_defaults(func=_predict)
+
+    export = commands.add_parser("export", help="write a trained MMNet as an ONNX graph with a free batch size")
+    export.add_argument("--checkpoint", required=True, help="checkpoint directory, a training run's folder, or a Hub repository id")
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="the format to write (onnx)")
+    export.add_argument("--out", required=True, help="the file to write, e.g. mmnet.onnx")
+    export.set_defaults(func=_export)
 
     demo = commands.add_parser("demo", help="synthesise data, train a small MMNet on CPU, evaluate, write a report")
     demo.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")

@@ -34,6 +34,11 @@ def load_image(path: str | Path, *, size: Optional[tuple[int, int]] = None) -> I
         raise DataError(f"{path}: cannot be read as an image ({err})") from None
     if size is not None and tuple(image.size) != tuple(size):
         raise DataError(f"{path}: image is {image.size[0]} x {image.size[1]} but the annotations say {size[0]} x {size[1]}")
+    return as_rgb(image)
+
+
+def as_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as RGB: grayscale, CMYK, palette and alpha images converted."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image.convert("RGB")

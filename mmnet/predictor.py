@@ -1,0 +1,216 @@
+"""A trained MMNet on one's own images: ``Predictor(...).predict(image, text)``.
+
+    from mmnet import Predictor
+
+    predictor = Predictor.from_pretrained("runs/refcoco_vit-b-16/best")
+    result = predictor.predict("photo.jpg", "the man in the red shirt")
+    result.mask            # H x W bool, at the photo's own size
+    result.query_scores    # N_q, summing to 1
+
+Several expressions about one image encode the image once. Checkpoints are directories holding
+``config.json`` and ``model.safetensors``: a training run's ``best/`` or ``last/``, a folder
+written by ``save_pretrained``, or a Hugging Face Hub repository with those two files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmnet.build import build_mmnet
+from mmnet.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError, find_checkpoint, load_weights, read_config, save_checkpoint
+from mmnet.config import Config, ConfigError
+from mmnet.data.errors import DataError
+from mmnet.data.images import as_rgb, load_image
+from mmnet.data.tokenizer import _clip_tokenizer, tokenize
+from mmnet.data.transforms import Letterbox, to_original
+from mmnet.engine import autocast
+from mmnet.modeling import MMNet
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+
+@dataclass
+class Prediction:
+    """What MMNet says about one expression, every map at the original image size (H x W)."""
+
+    text: str
+    mask: np.ndarray
+    """H x W bool: probability above the threshold."""
+    probability: np.ndarray
+    """H x W float32: sigmoid of the final logits y (Eq. 16)."""
+    query_masks: np.ndarray
+    """N_q x H x W float32: each query's mask probability (one map without MMP)."""
+    query_scores: np.ndarray
+    """N_q float32: S_q (Eq. 15), summing to 1."""
+    word_attention: np.ndarray
+    """N_q x T float32: each query's weights (Eq. 9) over ``tokens``; each row sums to 1."""
+    tokens: list[str]
+    """The T tokens the model read: [SOS], the BPE pieces of the words, [EOS]."""
+
+
+def pretrained_directory(name: str | Path) -> Path:
+    """A local checkpoint directory, or a training run's folder (its ``best``, else ``last``), or
+    a Hugging Face Hub repository id, fetched into the local cache."""
+    path = Path(name)
+    if path.exists():
+        if not (path / MODEL_FILE).is_file():
+            for inner in ("best", "last"):
+                if (path / inner / MODEL_FILE).is_file() or (path / f"{inner}.old" / MODEL_FILE).is_file():
+                    return find_checkpoint(path / inner)
+        return find_checkpoint(path)
+    if str(name).count("/") != 1 or str(name).startswith((".", "/")):
+        raise CheckpointError(f"no checkpoint at {name} (expected a directory holding {MODEL_FILE} and {CONFIG_FILE})")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(name), allow_patterns=[MODEL_FILE, CONFIG_FILE]))
+    except Exception as err:  # offline, unknown repository, no permission: all say the same to a user
+        raise CheckpointError(
+            f"{name} is neither a local checkpoint directory nor a Hub repository that could be fetched "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+
+
+def load_pretrained(name: str | Path, *, device: str | torch.device = "cpu") -> tuple[MMNet, Config]:
+    """The model (in eval mode, on ``device``) and the full config a checkpoint holds."""
+    directory = pretrained_directory(name)
+    config = read_config(directory)
+    model = build_mmnet(config.model, load_clip_weights=False)
+    load_weights(model, directory)
+    return model.to(device).eval(), config
+
+
+def save_pretrained(model: MMNet, config: Config, directory: str | Path) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` (atomically) for ``load_pretrained``."""
+    return save_checkpoint(directory, model=model, config=config)
+
+
+def _as_image(image: ImageInput) -> Image.Image:
+    if isinstance(image, (str, Path)):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return as_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise DataError(
+                f"an image array must be uint8 of H x W, H x W x 3 (RGB) or H x W x 4 (RGBA), got {image.dtype} {image.shape}"
+            )
+        return as_rgb(Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image))
+    raise DataError(f"an image is a file path, a PIL image or a uint8 array, got {type(image).__name__}")
+
+
+class Predictor:
+    """Segments what expressions refer to in images, with a trained MMNet."""
+
+    def __init__(self, model: MMNet, config: Config, *, device: Optional[str | torch.device] = None, threshold: Optional[float] = None):
+        """
+        Args:
+            model: a trained MMNet.
+            config: its settings (the image size and context length come from ``config.model``).
+            device: where to run; default the GPU when there is one.
+            threshold: probability above which a pixel is the object (default ``config.eval.threshold``).
+        """
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.threshold = config.eval.threshold if threshold is None else threshold
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold must lie between 0 and 1, got {self.threshold}")
+        self.letterbox = Letterbox(config.model.image_size)
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path, *, device: Optional[str | torch.device] = None, threshold: Optional[float] = None) -> "Predictor":
+        """From a checkpoint directory, a training run's folder, or a Hub repository id."""
+        model, config = load_pretrained(name)
+        return cls(model, config, device=device, threshold=threshold)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_pretrained(self.model, self.config, directory)
+
+    @torch.inference_mode()
+    def predict(self, image: ImageInput, text: str | Sequence[str]) -> Prediction | list[Prediction]:
+        """Segments, in ``image``, what ``text`` refers to.
+
+        Args:
+            image: a file path, a PIL image, or a uint8 array (H x W, H x W x 3 or H x W x 4).
+            text: one expression, or a list of them about the same image.
+        Returns:
+            a Prediction for one expression, or a list in the order of ``text``.
+        Raises DataError for an unreadable image or an empty expression.
+        """
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not texts:
+            raise DataError("no expression given: pass a string or a non-empty list of strings")
+        picture = _as_image(image)
+        pixels, geometry = self.letterbox(picture)
+        tokens = tokenize(texts, self.config.model.context_length)
+        bf16 = self.config.train.bf16
+        with autocast(self.device, bf16):
+            visual = self.model.encode_image(pixels[None].to(self.device))
+        results = []
+        for start in range(0, len(texts), self.config.eval.batch_size):
+            chunk = tokens[start : start + self.config.eval.batch_size]
+            with autocast(self.device, bf16):
+                outputs = self.model.decode(visual, chunk.to(self.device))
+            probability = to_original(outputs["logits"][:, 0].float().sigmoid().cpu(), geometry)
+            query_masks = to_original(outputs["query_masks"].float().sigmoid().cpu(), geometry)
+            for b in range(chunk.shape[0]):
+                ids = chunk[b]
+                length = int((ids != 0).sum())
+                results.append(
+                    Prediction(
+                        text=texts[start + b],
+                        mask=(probability[b] > self.threshold).numpy(),
+                        probability=probability[b].numpy(),
+                        query_masks=query_masks[b].numpy(),
+                        query_scores=outputs["query_scores"][b].float().cpu().numpy(),
+                        word_attention=outputs["word_attention"][b, :, :length].float().cpu().numpy(),
+                        tokens=[token_name(int(t)) for t in ids[:length]],
+                    )
+                )
+        return results[0] if single else results
+
+
+def token_name(token: int) -> str:
+    """A BPE token id as text: 'blue', '<start_of_text>' (the end-of-word mark dropped)."""
+    return _clip_tokenizer().decoder[token].replace("</w>", "")
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    words = "".join(c if c.isalnum() else "-" for c in text.lower()).split("-")
+    return "-".join(w for w in words if w)[:limit].strip("-") or "expression"
+
+
+def write_prediction(image: Image.Image, prediction: Prediction, out: Path, index: int) -> tuple[Path, Path]:
+    """Writes ``<index>_<words>_mask.png`` (white on black) and ``<index>_<words>_overlay.png``."""
+    from mmnet.visualize import PREDICTION, spotlight
+
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{index:02d}_{_slug(prediction.text)}"
+    mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
+    Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask_path)
+    spotlight(image, prediction.probability, outline=PREDICTION).save(overlay_path)
+    return mask_path, overlay_path
+
+
+def run_predict(args) -> int:
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, threshold=args.threshold)
+    image = _as_image(args.image)
+    predictions = predictor.predict(image, list(args.text))
+    out = Path(args.out)
+    for index, prediction in enumerate(predictions, start=1):
+        mask_path, overlay_path = write_prediction(image, prediction, out, index)
+        best = int(np.argmax(prediction.query_scores))
+        print(
+            f'"{prediction.text}": {100 * prediction.mask.mean():.1f}% of the image; '
+            f"best query {best + 1} of {len(prediction.query_scores)} (score {prediction.query_scores[best]:.2f}); "
+            f"{mask_path}, {overlay_path.name}"
+        )
+    return 0

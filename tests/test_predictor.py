@@ -1,0 +1,188 @@
+"""The predictor: a checkpoint and one's own image in, masks at the image's size out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmnet import Prediction, Predictor
+from mmnet.checkpoint import CheckpointError, save_checkpoint
+from mmnet.cli import main
+from mmnet.config import Config, EvalConfig
+from mmnet.data.errors import DataError
+from mmnet.data.tokenizer import tokenize
+from mmnet.data.transforms import Letterbox, to_original
+from mmnet.predictor import pretrained_directory
+from tiny import build_tiny, tiny_model_config
+
+TEXTS = ["the blue triangle", "large circle left of the red square", "the lowest shape"]
+
+
+def tiny_predictor(seed: int = 0, **eval_changes) -> Predictor:
+    config = Config(model=tiny_model_config(num_queries=5), eval=EvalConfig(**eval_changes))
+    return Predictor(build_tiny(seed=seed, num_queries=5), config, device="cpu")
+
+
+def picture(height: int = 45, width: int = 70, seed: int = 3) -> np.ndarray:
+    """A non-square RGB picture, so that the letterbox pads and its inverse has work to do."""
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def test_predictions_equal_the_model_forward_mapped_back_to_the_original_size():
+    predictor = tiny_predictor(batch_size=2)  # three expressions: two chunks of decoding
+    image = picture()
+    results = predictor.predict(image, TEXTS)
+
+    pixels, geometry = Letterbox(predictor.config.model.image_size)(Image.fromarray(image))
+    tokens = tokenize(TEXTS, predictor.config.model.context_length)
+    with torch.no_grad():
+        outputs = predictor.model(pixels[None].expand(len(TEXTS), -1, -1, -1), tokens)
+    probability = to_original(outputs["logits"][:, 0].sigmoid(), geometry)
+    query_masks = to_original(outputs["query_masks"].sigmoid(), geometry)
+
+    assert [r.text for r in results] == TEXTS
+    for b, result in enumerate(results):
+        assert result.probability.shape == (45, 70) and result.mask.dtype == np.bool_
+        assert result.query_masks.shape == (5, 45, 70)
+        np.testing.assert_allclose(result.probability, probability[b].numpy(), atol=1e-6)
+        np.testing.assert_allclose(result.query_masks, query_masks[b].numpy(), atol=1e-6)
+        np.testing.assert_array_equal(result.mask, probability[b].numpy() > predictor.threshold)
+        np.testing.assert_allclose(result.query_scores, outputs["query_scores"][b].numpy(), atol=1e-6)
+        length = int((tokens[b] != 0).sum())
+        np.testing.assert_allclose(result.word_attention, outputs["word_attention"][b, :, :length].numpy(), atol=1e-6)
+        np.testing.assert_allclose(result.word_attention.sum(axis=1), 1.0, atol=1e-5)
+        assert len(result.tokens) == length
+        assert result.tokens[0] == "<start_of_text>" and result.tokens[-1] == "<end_of_text>"
+    assert results[0].tokens[1:-1] == ["the", "blue", "triangle"]
+
+
+def test_several_expressions_encode_the_image_once(monkeypatch):
+    predictor = tiny_predictor(batch_size=2)
+    calls = []
+    encode = predictor.model.encode_image
+    monkeypatch.setattr(predictor.model, "encode_image", lambda images: calls.append(images.shape) or encode(images))
+    predictor.predict(picture(), TEXTS)
+    assert calls == [torch.Size([1, 3, 64, 64])]
+
+
+def test_one_expression_gives_one_prediction_and_a_list_gives_a_list():
+    predictor = tiny_predictor()
+    single = predictor.predict(picture(), TEXTS[0])
+    listed = predictor.predict(picture(), [TEXTS[0]])
+    assert isinstance(single, Prediction) and isinstance(listed, list) and len(listed) == 1
+    np.testing.assert_array_equal(single.probability, listed[0].probability)
+
+
+def test_a_path_a_pil_image_and_an_array_give_the_same_result(tmp_path):
+    predictor = tiny_predictor()
+    image = picture()
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    by_array = predictor.predict(image, TEXTS[0]).probability
+    by_pil = predictor.predict(Image.fromarray(image), TEXTS[0]).probability
+    by_path = predictor.predict(tmp_path / "photo.png", TEXTS[0]).probability
+    np.testing.assert_array_equal(by_array, by_pil)
+    np.testing.assert_array_equal(by_array, by_path)
+    gray = image[..., 0]
+    np.testing.assert_array_equal(
+        predictor.predict(gray, TEXTS[0]).probability, predictor.predict(np.repeat(gray[..., None], 3, axis=2), TEXTS[0]).probability
+    )
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
+    predictor = tiny_predictor(seed=7)
+    before = predictor.predict(picture(), TEXTS)
+    predictor.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = Predictor.from_pretrained(tmp_path / "saved", device="cpu")
+    after = loaded.predict(picture(), TEXTS)
+    assert loaded.config == predictor.config
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.probability, b.probability)
+        np.testing.assert_array_equal(a.query_scores, b.query_scores)
+    other = tiny_predictor(seed=8).predict(picture(), TEXTS[0]).probability
+    assert not np.array_equal(other, before[0].probability)  # the weights, not the config, made the outputs
+
+
+def test_a_training_runs_folder_loads_its_best_checkpoint(tmp_path):
+    predictor = tiny_predictor(seed=2)
+    save_checkpoint(tmp_path / "run" / "last", model=build_tiny(seed=9, num_queries=5), config=predictor.config)
+    save_checkpoint(tmp_path / "run" / "best", model=predictor.model, config=predictor.config)
+    assert pretrained_directory(tmp_path / "run") == tmp_path / "run" / "best"
+    loaded = Predictor.from_pretrained(tmp_path / "run", device="cpu")
+    np.testing.assert_array_equal(loaded.predict(picture(), TEXTS[0]).probability, predictor.predict(picture(), TEXTS[0]).probability)
+
+
+def test_a_hub_id_is_fetched_with_only_the_two_files(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    tiny_predictor().save_pretrained(tmp_path / "cache")
+    asked = {}
+
+    def fake_download(repo_id, allow_patterns):
+        asked.update(repo_id=repo_id, allow_patterns=allow_patterns)
+        return str(tmp_path / "cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    Predictor.from_pretrained("someone/mmnet-tiny", device="cpu")
+    assert asked == {"repo_id": "someone/mmnet-tiny", "allow_patterns": ["model.safetensors", "config.json"]}
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, allow_patterns):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(CheckpointError, match=r"someone/mmnet-tiny is neither a local checkpoint directory nor a Hub repository.*no network"):
+        Predictor.from_pretrained("someone/mmnet-tiny")
+
+
+def test_missing_and_mismatched_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*nowhere"):
+        Predictor.from_pretrained(tmp_path / "nowhere")
+    predictor = tiny_predictor()
+    predictor.save_pretrained(tmp_path / "ckpt")
+    # config.json says five queries; weights of a four-query model do not fit it
+    save_checkpoint(tmp_path / "other", model=build_tiny(num_queries=4), config=predictor.config)
+    with pytest.raises(CheckpointError, match=r"other/model.safetensors does not fit this model"):
+        Predictor.from_pretrained(tmp_path / "other")
+
+
+def test_bad_images_and_expressions_are_clear_errors(tmp_path):
+    predictor = tiny_predictor()
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(DataError, match=r"broken.jpg: cannot be read as an image"):
+        predictor.predict(tmp_path / "broken.jpg", TEXTS[0])
+    with pytest.raises(DataError, match=r"missing.png: image not found"):
+        predictor.predict(tmp_path / "missing.png", TEXTS[0])
+    with pytest.raises(DataError, match=r"expression '  ' is empty"):
+        predictor.predict(picture(), ["the cat", "  "])
+    with pytest.raises(DataError, match=r"no expression given"):
+        predictor.predict(picture(), [])
+    with pytest.raises(DataError, match=r"must be uint8 .* got float32"):
+        predictor.predict(picture().astype(np.float32), TEXTS[0])
+
+
+def test_predict_command_writes_a_mask_and_an_overlay_per_expression(tmp_path, capsys):
+    predictor = tiny_predictor()
+    predictor.save_pretrained(tmp_path / "ckpt")
+    Image.fromarray(picture()).save(tmp_path / "photo.png")
+    argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(argv + ["--text", TEXTS[0], "--text", TEXTS[1], "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert '"the blue triangle":' in printed and "best query" in printed
+    mask = np.asarray(Image.open(tmp_path / "out" / "01_the-blue-triangle_mask.png"))
+    expected = predictor.predict(picture(), TEXTS[0]).probability > 0.5
+    np.testing.assert_array_equal(mask, expected.astype(np.uint8) * 255)
+    overlay = Image.open(tmp_path / "out" / "02_large-circle-left-of-the-red-square_overlay.png")
+    assert overlay.size == (70, 45)
+
+
+def test_predict_command_reports_a_missing_image_and_exits_2(tmp_path, capsys):
+    tiny_predictor().save_pretrained(tmp_path / "ckpt")
+    argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.jpg"), "--text", "a cat"]
+    assert main(argv) == 2
+    assert "nope.jpg: image not found" in capsys.readouterr().err
