@@ -43,10 +43,27 @@ class MultiMaskProjector(nn.Module):
         batch, channels, height, width = f_p.shape
         count = queries.shape[1]
         params = F.relu(self.kernel(queries))  # Eq. 14: F_pn = sigma(W_p F_qn)
+        if torch.onnx.is_in_onnx_export():
+            return _dynamic_conv_by_patches(f_p, params)
         weight = params[..., :-1].reshape(batch * count, channels, 3, 3)
         bias = params[..., -1].reshape(batch * count)
         masks = F.conv2d(f_p.reshape(1, batch * channels, height, width), weight, bias, padding=1, groups=batch)
         return masks.view(batch, count, height, width)
+
+
+def _dynamic_conv_by_patches(f_p: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The same 3 x 3 dynamic convolution as a product with the nine shifted copies of F_p.
+
+    An ONNX convolution fixes its number of groups when exported, which would fix the batch size;
+    this form leaves the batch free. ``params``: B x M x (9 C_p + 1), kernels laid out as
+    (channel, row, column) and the bias last.
+    """
+    batch, channels, height, width = f_p.shape
+    padded = F.pad(f_p, (1, 1, 1, 1))
+    shifted = [padded[:, :, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+    patches = torch.stack(shifted, dim=2).reshape(batch, channels * 9, height * width)
+    masks = torch.bmm(params[..., :-1], patches) + params[..., -1:]
+    return masks.view(batch, -1, height, width)
 
 
 class MultiQueryEstimator(nn.Module):

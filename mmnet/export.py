@@ -1,0 +1,95 @@
+"""``mmnet export``: a trained MMNet as an ONNX graph with a free batch size.
+
+The graph takes ``images`` (B x 3 x S x S float32, letterboxed and CLIP-normalised as
+``mmnet.data.transforms.Letterbox`` makes them) and ``tokens`` (B x L int64, as
+``mmnet.data.tokenizer.tokenize`` makes them), and returns ``logits``, ``query_masks``,
+``query_scores`` and ``word_attention``, the outputs of ``MMNet.forward``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmnet.errors import MMNetError
+from mmnet.modeling import MMNet
+
+INPUTS = ("images", "tokens")
+OUTPUTS = ("logits", "query_masks", "query_scores", "word_attention")
+OPSET = 18
+
+
+class ExportError(MMNetError):
+    """The model could not be written as ONNX."""
+
+
+class _TupleOutputs(nn.Module):
+    """MMNet with its outputs as a tuple in the order of OUTPUTS, which ONNX names one by one."""
+
+    def __init__(self, model: MMNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.model(images, tokens)
+        return tuple(outputs[name] for name in OUTPUTS)
+
+
+def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
+    """Writes ``model`` (fp32, eval mode) to ``out`` as ONNX, the batch dimension left free.
+
+    Args:
+        model: the MMNet to export; it is not changed.
+        out: the .onnx file to write.
+        batch_size: the batch of the example inputs traced (any batch runs afterwards).
+    """
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; say so before tracing)
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ExportError(f"ONNX export needs the onnx and onnxscript packages: pip install 'mmnet[export]' ({err})") from None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.float().cpu().eval()
+    images = torch.zeros(batch_size, 3, model.image_size, model.image_size)
+    tokens = torch.zeros(batch_size, model.context_length, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1] = 49406, 49407  # [SOS] [EOS]: the shortest expression
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                _TupleOutputs(model),
+                (images, tokens),
+                str(out),
+                input_names=list(INPUTS),
+                output_names=list(OUTPUTS),
+                dynamic_shapes=({0: batch}, {0: batch}),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as err:
+            raise ExportError(f"exporting to {out} failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+    return out
+
+
+def run_export(args) -> int:
+    from mmnet.predictor import load_pretrained
+
+    if args.format != "onnx":
+        raise ExportError(f"unknown export format {args.format!r}; 'onnx' is the one there is")
+    model, config = load_pretrained(args.checkpoint)
+    path = export_onnx(model, args.out)
+    meta = {
+        "inputs": {"images": f"B x 3 x {model.image_size} x {model.image_size} float32", "tokens": f"B x {model.context_length} int64"},
+        "outputs": list(OUTPUTS),
+        "threshold": config.eval.threshold,
+    }
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}")
+    return 0

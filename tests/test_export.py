@@ -1,0 +1,55 @@
+"""ONNX export: the graph runs in onnxruntime at any batch size and gives PyTorch's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmnet.cli import main
+from mmnet.config import Config
+from mmnet.export import OUTPUTS
+from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
+from mmnet.predictor import save_pretrained
+from tiny import build_tiny, random_images, tiny_model_config, tokens_for
+
+ort = pytest.importorskip("onnxruntime")
+
+TEXTS = ["the blue triangle", "a cat", "the large square left of the red circle"]
+
+
+def test_the_patch_form_of_the_dynamic_convolution_equals_the_grouped_one():
+    projector = build_tiny().projector.eval()
+    f_s = torch.randn(3, 32, 4, 4)
+    queries = torch.randn(3, 5, 32)
+    grouped = projector(f_s, queries)
+    params = torch.relu(projector.kernel(queries))
+    patches = _dynamic_conv_by_patches(projector.pixel(f_s), params)
+    assert patches.shape == grouped.shape == (3, 5, 16, 16)
+    torch.testing.assert_close(patches, grouped, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
+def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tmp_path, capsys, backbone):
+    model = build_tiny(backbone, seed=4).eval()
+    save_pretrained(model, Config(model=tiny_model_config(backbone)), tmp_path / "ckpt")
+    out = tmp_path / "mmnet.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images", "tokens"]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+    for batch in (1, 3):  # traced with 2
+        images, tokens = random_images(batch, seed=batch), tokens_for(TEXTS[:batch])
+        with torch.no_grad():
+            expected = model(images, tokens)
+        got = session.run(None, {"images": images.numpy(), "tokens": tokens.numpy()})
+        for name, value in zip(OUTPUTS, got):
+            assert value.shape == tuple(expected[name].shape)
+            assert np.abs(value - expected[name].numpy()).max() < 1e-4, name
+
+
+def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
