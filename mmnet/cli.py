@@ -49,6 +49,12 @@ def _export(args) -> int:
     return run_export(args)
 
 
+def _serve(args) -> int:
+    from mmnet.serve import run_serve
+
+    return run_serve(args)
+
+
 def _data_synth(args) -> int:
     from mmnet.data.synth import run_synth
 
@@ -101,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", default="onnx", choices=["onnx"], help="the format to write (onnx)")
     export.add_argument("--out", required=True, help="the file to write, e.g. mmnet.onnx")
     export.set_defaults(func=_export)
+
+    serve = commands.add_parser("serve", help="a web page: upload an image, type an expression, see the masks")
+    serve.add_argument("--checkpoint", required=True, help="checkpoint directory, a training run's folder, or a Hub repository id")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    serve.set_defaults(func=_serve)
 
     demo = commands.add_parser("demo", help="synthesise data, train a small MMNet on CPU, evaluate, write a report")
     demo.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")

@@ -51,7 +51,7 @@ class Prediction:
     word_attention: np.ndarray
     """N_q x T float32: each query's weights (Eq. 9) over ``tokens``; each row sums to 1."""
     tokens: list[str]
-    """The T tokens the model read: [SOS], the BPE pieces of the words, [EOS]."""
+    """The T tokens the model read: '[SOS]', the BPE pieces of the words, '[EOS]'."""
 
 
 def pretrained_directory(name: str | Path) -> Path:
@@ -178,9 +178,13 @@ class Predictor:
         return results[0] if single else results
 
 
+SPECIAL_TOKENS = {"<start_of_text>": "[SOS]", "<end_of_text>": "[EOS]"}
+
+
 def token_name(token: int) -> str:
-    """A BPE token id as text: 'blue', '<start_of_text>' (the end-of-word mark dropped)."""
-    return _clip_tokenizer().decoder[token].replace("</w>", "")
+    """A BPE token id as text: 'blue', '[SOS]', '[EOS]' (the end-of-word mark dropped)."""
+    name = _clip_tokenizer().decoder[token]
+    return SPECIAL_TOKENS.get(name, name.replace("</w>", ""))
 
 
 def _slug(text: str, limit: int = 40) -> str:

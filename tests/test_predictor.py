@@ -54,7 +54,7 @@ def test_predictions_equal_the_model_forward_mapped_back_to_the_original_size():
         np.testing.assert_allclose(result.word_attention, outputs["word_attention"][b, :, :length].numpy(), atol=1e-6)
         np.testing.assert_allclose(result.word_attention.sum(axis=1), 1.0, atol=1e-5)
         assert len(result.tokens) == length
-        assert result.tokens[0] == "<start_of_text>" and result.tokens[-1] == "<end_of_text>"
+        assert result.tokens[0] == "[SOS]" and result.tokens[-1] == "[EOS]"
     assert results[0].tokens[1:-1] == ["the", "blue", "triangle"]
 
 
