@@ -83,6 +83,13 @@ def test_every_config_builds_at_the_paper_settings(path):
     config = load_config(path)
     assert isinstance(config, Config)
     assert config.model.context_length == (22 if config.data.dataset == "refcocog" else 17)
+    if path.stem != "demo":  # Section 4.1
+        m, t = config.model, config.train
+        assert m.image_size == (448 if m.backbone == "ViT-L-14" else 480)
+        assert (m.hidden_dim, m.num_heads, m.ffn_dim, m.decoder_layers, m.num_queries) == (512, 8, 2048, 3, 24)
+        assert (t.lr, t.batch_size, t.lr_power) == (1e-5, 64, 0.9)
+        assert t.epochs in (50, 100)
+        assert config.eval.threshold == 0.35
     with torch.device("meta"):  # shapes without memory or time
         model = build_mmnet(config.model, load_clip_weights=False)
         out = model(torch.empty(2, 3, config.model.image_size, config.model.image_size), torch.zeros(2, config.model.context_length, dtype=torch.long))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mmnet.errors import MMNetError
 from mmnet.modeling import mask_loss
-from tiny import TINY_IMAGE_SIZE, build_tiny, random_images, tokens_for
+from tiny import TINY_IMAGE_SIZE, build_tiny, random_images, tokens_for, with_distinct_queries
 
 BACKBONES = ["RN-tiny", "ViT-tiny"]
 TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square"]
@@ -86,34 +86,47 @@ def test_estimator_scores_queries_in_the_context_of_the_others():
 
 
 def test_without_estimator_masks_are_averaged():
-    model = build_tiny(estimator=False).eval()
+    model = with_distinct_queries(build_tiny(estimator=False), seed=1).eval()
     assert model.estimator is None
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
+    assert out["query_masks"].std(dim=1).mean() > 1e-3  # the masks differ, so the mean is a real test
     torch.testing.assert_close(out["query_scores"], torch.full((3, 4), 0.25))
     torch.testing.assert_close(out["logits"], out["query_masks"].mean(dim=1, keepdim=True))
 
 
 def test_without_multi_mask_the_scored_queries_make_one_mask():
-    model = build_tiny(multi_mask=False).eval()
+    model = with_distinct_queries(build_tiny(multi_mask=False), seed=2).eval()
     images, tokens = _images(), tokens_for(TEXTS)
+    seen = {}
+    model.projector.register_forward_hook(lambda module, args, output: seen.update(f_s=args[0], query=args[1]))
     with torch.no_grad():
         out = model(images, tokens)
         visual = model.encode_image(images)
         f_t, _, padding = model.text_encoder(tokens)
         f_q, _ = model.query_generator(visual, f_t, padding)
+        scores = model.estimator(f_q)
+        expected_query = (scores[:, :, None] * f_q).sum(dim=1, keepdim=True)  # Table 3: sum_n S_qn F_qn
+    assert scores.std(dim=1).min() > 1e-2 and (f_q - f_q.mean(dim=1, keepdim=True)).abs().max() > 1e-2
+    assert not torch.allclose(expected_query, f_q.mean(dim=1, keepdim=True), atol=1e-4)  # weighting matters
     assert out["query_masks"].shape[1] == 1
+    torch.testing.assert_close(seen["query"], expected_query)
     torch.testing.assert_close(out["logits"], out["query_masks"])
-    torch.testing.assert_close(out["query_scores"], model.estimator(f_q))
+    torch.testing.assert_close(out["query_scores"], scores)
 
 
-def test_without_global_visual_feature_no_global_projection_is_built():
-    model = build_tiny(global_visual=False)
+def test_without_global_visual_feature_the_words_feed_eq_9_and_10_directly():
+    model = build_tiny(global_visual=False).eval()
     assert model.image_encoder.proj_vg is None
     assert model.query_generator.proj_t is None and model.query_generator.proj_vg is None
+    seen = {}
+    model.text_encoder.register_forward_hook(lambda module, args, output: seen.update(f_t=output[0]))
+    model.query_generator.proj_a.register_forward_hook(lambda module, args, output: seen.update(a_in=args[0]))
+    model.query_generator.proj_tv.register_forward_hook(lambda module, args, output: seen.update(tv_in=args[0]))
     with torch.no_grad():
-        out = model.eval()(_images(), tokens_for(TEXTS))
+        out = model(_images(), tokens_for(TEXTS))
     assert out["logits"].shape[0] == 3
+    assert seen["a_in"] is seen["f_t"] and seen["tv_in"] is seen["f_t"]  # F_tv := F_t (Eq. 8 left out)
 
 
 def test_single_query_has_no_estimator_and_weight_one():
@@ -207,3 +220,33 @@ def test_mask_loss_resizes_the_ground_truth_to_the_logits():
     by_hand = (0.126928 + 0.313262 + 0.974077 + 0.693147) / 4
     assert mask_loss(logits, mask).item() == pytest.approx(by_hand, abs=1e-5)
     assert mask_loss(logits, mask[:, 0]).item() == pytest.approx(expected.item())
+
+
+def test_rn50_at_480_has_the_tensor_shapes_of_docs_model_md():
+    from pathlib import Path
+
+    from mmnet.build import build_mmnet
+    from mmnet.config import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "refcoco_vit-b-16.yaml", ["model.backbone=RN50"]).model
+    seen = {}
+    with torch.device("meta"):  # shapes without memory or time
+        model = build_mmnet(config, load_clip_weights=False)
+        model.image_encoder.register_forward_hook(lambda m, a, out: seen.update(visual=out))
+        model.text_encoder.register_forward_hook(lambda m, a, out: seen.update(text=out))
+        model.fusion_neck.register_forward_hook(lambda m, a, out: seen.update(f_ot=out))
+        model.query_generator.register_forward_hook(lambda m, a, out: seen.update(queries=out))
+        model.decoder.register_forward_hook(lambda m, a, out: seen.update(f_s=out))
+        model.projector.pixel.register_forward_hook(lambda m, a, out: seen.update(f_p=out))
+        out = model(torch.empty(2, 3, 480, 480), torch.zeros(2, 17, dtype=torch.long))
+    c = 512
+    v = seen["visual"]
+    assert [tuple(t.shape) for t in v] == [(2, c, 60, 60), (2, c, 30, 30), (2, c, 15, 15), (2, c)]
+    f_t, f_tg, _ = seen["text"]
+    assert tuple(f_t.shape) == (2, 17, 512) and tuple(f_tg.shape) == (2, 1024)
+    assert tuple(seen["f_ot"].flatten(2).transpose(1, 2).shape) == (2, 900, c)
+    f_q, attention = seen["queries"]
+    assert tuple(attention.shape) == (2, 24, 17) and tuple(f_q.shape) == (2, 24, c)
+    assert tuple(seen["f_s"].shape) == (2, c, 30, 30)
+    assert tuple(seen["f_p"].shape) == (2, c // 2, 120, 120)
+    assert tuple(out["query_masks"].shape) == (2, 24, 120, 120) and tuple(out["logits"].shape) == (2, 1, 120, 120)

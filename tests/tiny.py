@@ -42,3 +42,21 @@ def random_images(batch: int, *, seed: int = 1, size: int = TINY_IMAGE_SIZE) -> 
 
 def tokens_for(texts: list[str], context_length: int = 17) -> torch.Tensor:
     return open_clip.tokenize(texts, context_length=context_length)
+
+
+def with_distinct_queries(model: MMNet, *, seed: int = 0) -> MMNet:
+    """Perturbs the query generator and the estimator so that the queries differ.
+
+    At random initialisation A (Eq. 9) is nearly uniform, so every query is nearly the mean of
+    the words, and MHSA in Eq. 15 then averages them again: all scores equal 1/N_q. A test that
+    must tell the queries apart needs them to differ; this gives them that, deterministically.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.query_generator.named_parameters():
+            if not name.startswith(("dense_neck", "proj_tv")):
+                p.add_(0.5 * torch.randn(p.shape, generator=generator))
+        if model.estimator is not None:
+            for p in model.estimator.parameters():
+                p.add_(torch.randn(p.shape, generator=generator))
+    return model

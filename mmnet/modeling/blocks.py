@@ -22,7 +22,8 @@ def linear_relu(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def coordinates(batch: int, height: int, width: int, *, like: torch.Tensor) -> torch.Tensor:
-    """F_coord of Eq. 5: B x 2 x H x W, the x and y of each cell's centre, normalised to [-1, 1]."""
+    """F_coord of Eq. 5: B x 2 x H x W, each cell's x and y, running evenly from -1 (first row or
+    column) to 1 (last)."""
     ys = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
     xs = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")

@@ -46,8 +46,8 @@ class FusionNeck(nn.Module):
         size = f_v3.shape[-2:]
         m4 = self.proj_v4(f_v4)
         if self.proj_tg is not None:
-            m4 = m4 * self.proj_tg(f_tg)[:, :, None, None]
-        m4 = F.interpolate(m4, size=size, mode="bilinear", align_corners=False)  # Eq. 2 (Eq. 6 without F_tg)
+            m4 = m4 * self.proj_tg(f_tg)[:, :, None, None]  # Eq. 2: sigma(F_v4 W_v4) . sigma(F_tg W_tg)
+        m4 = F.interpolate(m4, size=size, mode="bilinear", align_corners=False)  # Eq. 2: Up(.) (Eq. 6 without F_tg)
         m3 = torch.cat([self.proj_m4(m4), self.proj_v3(f_v3)], dim=1)  # Eq. 3
         f_v2_pooled = F.avg_pool2d(f_v2, kernel_size=2, stride=2)
         m2 = torch.cat([self.proj_m3(m3), self.proj_v2(f_v2_pooled)], dim=1)  # Eq. 3
