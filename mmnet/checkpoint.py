@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mmnet.config import Config, config_from_dict, config_to_dict
+from mmnet.config import Config, ConfigError, config_from_dict, config_to_dict
 from mmnet.errors import MMNetError
 from mmnet.weights import mismatches, read_state_dict
 
@@ -70,9 +70,16 @@ def read_config(directory: Path) -> Config:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: the checkpoint does not say which model it holds")
     try:
-        return config_from_dict(json.loads(path.read_text()), source=str(path))
-    except json.JSONDecodeError as err:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: must be a JSON object of settings, got a {type(values).__name__}")
+    try:
+        return config_from_dict(values, source=str(path))
+    except ConfigError as err:
+        message = str(err)
+        raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
 
 
 def load_weights(model: nn.Module, directory: Path) -> None:

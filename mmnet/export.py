@@ -8,6 +8,7 @@ The graph takes ``images`` (B x 3 x S x S float32, letterboxed and CLIP-normalis
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -53,8 +54,11 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
     except ImportError as err:
         raise ExportError(f"ONNX export needs the onnx and onnxscript packages: pip install 'mmnet[export]' ({err})") from None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"{out.parent}: cannot be made a folder for the export ({err.strerror or err})") from None
+    model = copy.deepcopy(model).float().cpu().eval()  # the caller's model keeps its device, dtype and mode
     images = torch.zeros(batch_size, 3, model.image_size, model.image_size)
     tokens = torch.zeros(batch_size, model.context_length, dtype=torch.long)
     tokens[:, 0], tokens[:, 1] = 49406, 49407  # [SOS] [EOS]: the shortest expression
@@ -75,7 +79,8 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
                 verbose=False,
             )
         except Exception as err:
-            raise ExportError(f"exporting to {out} failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            raise ExportError(f"exporting to {out} failed: {type(err).__name__}: {first_line}") from err
     return out
 
 

@@ -30,6 +30,7 @@ from mmnet.data.images import as_rgb, load_image
 from mmnet.data.tokenizer import _clip_tokenizer, tokenize
 from mmnet.data.transforms import Letterbox, to_original
 from mmnet.engine import autocast
+from mmnet.errors import MMNetError
 from mmnet.modeling import MMNet
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -52,11 +53,14 @@ class Prediction:
     """N_q x T float32: each query's weights (Eq. 9) over ``tokens``; each row sums to 1."""
     tokens: list[str]
     """The T tokens the model read: '[SOS]', the BPE pieces of the words, '[EOS]'."""
+    threshold: float
+    """The probability above which ``mask`` holds."""
 
 
-def pretrained_directory(name: str | Path) -> Path:
+def pretrained_directory(name: str | Path, **hub_options) -> Path:
     """A local checkpoint directory, or a training run's folder (its ``best``, else ``last``), or
-    a Hugging Face Hub repository id, fetched into the local cache."""
+    a Hugging Face Hub repository id, fetched into the local cache (``hub_options`` such as
+    ``revision``, ``cache_dir`` or ``token`` go to ``huggingface_hub.snapshot_download``)."""
     path = Path(name)
     if path.exists():
         if not (path / MODEL_FILE).is_file():
@@ -69,19 +73,23 @@ def pretrained_directory(name: str | Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=str(name), allow_patterns=[MODEL_FILE, CONFIG_FILE]))
+        return Path(snapshot_download(repo_id=str(name), allow_patterns=[MODEL_FILE, CONFIG_FILE], **hub_options))
     except Exception as err:  # offline, unknown repository, no permission: all say the same to a user
+        first_line = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
-            f"{name} is neither a local checkpoint directory nor a Hub repository that could be fetched "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            f"no local directory {name}, and as a Hub repository id it could not be fetched "
+            f"({type(err).__name__}: {first_line})"
         ) from None
 
 
-def load_pretrained(name: str | Path, *, device: str | torch.device = "cpu") -> tuple[MMNet, Config]:
+def load_pretrained(name: str | Path, *, device: str | torch.device = "cpu", **hub_options) -> tuple[MMNet, Config]:
     """The model (in eval mode, on ``device``) and the full config a checkpoint holds."""
-    directory = pretrained_directory(name)
+    directory = pretrained_directory(name, **hub_options)
     config = read_config(directory)
-    model = build_mmnet(config.model, load_clip_weights=False)
+    try:
+        model = build_mmnet(config.model, load_clip_weights=False)
+    except MMNetError as err:  # e.g. a backbone this version does not know
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from None
     load_weights(model, directory)
     return model.to(device).eval(), config
 
@@ -117,6 +125,8 @@ class Predictor:
             threshold: probability above which a pixel is the object (default ``config.eval.threshold``).
         """
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for, but torch sees no GPU here; use --device cpu")
         self.model = model.to(self.device).eval()
         self.config = config
         self.threshold = config.eval.threshold if threshold is None else threshold
@@ -125,9 +135,12 @@ class Predictor:
         self.letterbox = Letterbox(config.model.image_size)
 
     @classmethod
-    def from_pretrained(cls, name: str | Path, *, device: Optional[str | torch.device] = None, threshold: Optional[float] = None) -> "Predictor":
-        """From a checkpoint directory, a training run's folder, or a Hub repository id."""
-        model, config = load_pretrained(name)
+    def from_pretrained(
+        cls, name: str | Path, *, device: Optional[str | torch.device] = None, threshold: Optional[float] = None, **hub_options
+    ) -> "Predictor":
+        """From a checkpoint directory, a training run's folder, or a Hub repository id
+        (``hub_options``: ``revision``, ``cache_dir``, ``token``, ... of ``snapshot_download``)."""
+        model, config = load_pretrained(name, **hub_options)
         return cls(model, config, device=device, threshold=threshold)
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -173,6 +186,7 @@ class Predictor:
                         query_scores=outputs["query_scores"][b].float().cpu().numpy(),
                         word_attention=outputs["word_attention"][b, :, :length].float().cpu().numpy(),
                         tokens=[token_name(int(t)) for t in ids[:length]],
+                        threshold=self.threshold,
                     )
                 )
         return results[0] if single else results
@@ -192,15 +206,23 @@ def _slug(text: str, limit: int = 40) -> str:
     return "-".join(w for w in words if w)[:limit].strip("-") or "expression"
 
 
-def write_prediction(image: Image.Image, prediction: Prediction, out: Path, index: int) -> tuple[Path, Path]:
-    """Writes ``<index>_<words>_mask.png`` (white on black) and ``<index>_<words>_overlay.png``."""
+def overlay(image: Image.Image, prediction: Prediction) -> Image.Image:
+    """The image dimmed where the object is unlikely, ``prediction.mask`` outlined in red."""
     from mmnet.visualize import PREDICTION, spotlight
 
-    out.mkdir(parents=True, exist_ok=True)
+    return spotlight(image, prediction.probability, outline=PREDICTION, threshold=prediction.threshold)
+
+
+def write_prediction(image: Image.Image, prediction: Prediction, out: Path, index: int) -> tuple[Path, Path]:
+    """Writes ``<index>_<words>_mask.png`` (white on black) and ``<index>_<words>_overlay.png``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{out}: cannot be made a folder for the predictions ({err.strerror or err})") from None
     stem = f"{index:02d}_{_slug(prediction.text)}"
     mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask_path)
-    spotlight(image, prediction.probability, outline=PREDICTION).save(overlay_path)
+    overlay(image, prediction).save(overlay_path)
     return mask_path, overlay_path
 
 

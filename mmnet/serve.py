@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from mmnet.errors import MMNetError
-from mmnet.predictor import Predictor
-from mmnet.visualize import PREDICTION, spotlight
+from mmnet.predictor import Predictor, overlay
+from mmnet.visualize import spotlight
 
 TITLE = "MMNet: referring image segmentation"
 
@@ -29,7 +29,7 @@ def segment(predictor: Predictor, image: Optional[np.ndarray], text: Optional[st
     except MMNetError as err:
         raise gr.Error(str(err)) from None
     picture = Image.fromarray(image).convert("RGB")
-    overlay = spotlight(picture, result.probability, outline=PREDICTION)
+    outlined = overlay(picture, result)
     order = np.argsort(-result.query_scores, kind="stable")
     queries = [(spotlight(picture, result.query_masks[n]), f"query {n + 1}: {result.query_scores[n]:.2f}") for n in order]
     attention = result.word_attention[order[0]]
@@ -39,7 +39,7 @@ def segment(predictor: Predictor, image: Optional[np.ndarray], text: Optional[st
         f"(probability above {predictor.threshold:.2f}). Best query: {order[0] + 1} of {len(order)}, "
         f"score {result.query_scores[order[0]]:.2f}; its word weights: {words}."
     )
-    return overlay, queries, summary
+    return outlined, queries, summary
 
 
 def build_app(predictor: Predictor):
@@ -70,5 +70,8 @@ def run_serve(args) -> int:
     except ImportError:
         raise MMNetError("mmnet serve needs Gradio: pip install 'mmnet[serve]'") from None
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    build_app(predictor).launch(server_name=args.host, server_port=args.port, share=False)
+    try:
+        build_app(predictor).launch(server_name=args.host, server_port=args.port, share=False)
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        raise MMNetError(f"cannot serve on {args.host}:{args.port} ({err}); pick another --port or --host") from None
     return 0

@@ -15,15 +15,21 @@ GROUND_TRUTH = (40, 220, 90)
 PREDICTION = (255, 60, 60)
 
 
-def spotlight(image: Image.Image, weight: np.ndarray | torch.Tensor, *, outline: Optional[tuple[int, int, int]] = None) -> Image.Image:
+def spotlight(
+    image: Image.Image,
+    weight: np.ndarray | torch.Tensor,
+    *,
+    outline: Optional[tuple[int, int, int]] = None,
+    threshold: float = 0.5,
+) -> Image.Image:
     """Keeps ``image`` bright where ``weight`` (H x W in [0, 1], a mask or a probability map) is
     high and dims it elsewhere, which reads the same whatever the objects' colours; ``outline``
-    draws the border of ``weight > 0.5`` in that colour."""
+    draws the border of ``weight > threshold`` in that colour."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     weight = np.asarray(weight, dtype=np.float32)
     lit = pixels * (0.25 + 0.75 * weight[..., None])
     if outline is not None:
-        inside = weight > 0.5
+        inside = weight > threshold
         edge = inside & ~(
             np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1)
         )

@@ -11,7 +11,8 @@ from mmnet.config import Config
 from mmnet.export import OUTPUTS
 from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
 from mmnet.predictor import save_pretrained
-from tiny import build_tiny, random_images, tiny_model_config, tokens_for
+from mmnet.export import export_onnx
+from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -31,8 +32,8 @@ def test_the_patch_form_of_the_dynamic_convolution_equals_the_grouped_one():
 
 @pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
 def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tmp_path, capsys, backbone):
-    model = build_tiny(backbone, seed=4).eval()
-    save_pretrained(model, Config(model=tiny_model_config(backbone)), tmp_path / "ckpt")
+    model = with_distinct_queries(build_tiny(backbone, seed=4, num_queries=5), seed=2).eval()
+    save_pretrained(model, Config(model=tiny_model_config(backbone, num_queries=5)), tmp_path / "ckpt")
     out = tmp_path / "mmnet.onnx"
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
@@ -44,6 +45,7 @@ def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tm
         images, tokens = random_images(batch, seed=batch), tokens_for(TEXTS[:batch])
         with torch.no_grad():
             expected = model(images, tokens)
+        assert expected["query_scores"].std(dim=1).min() > 1e-3  # queries that differ, so a mix-up shows
         got = session.run(None, {"images": images.numpy(), "tokens": tokens.numpy()})
         for name, value in zip(OUTPUTS, got):
             assert value.shape == tuple(expected[name].shape)
@@ -53,3 +55,11 @@ def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tm
 def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path):
+    model = build_tiny(seed=5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, tmp_path / "m.onnx")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

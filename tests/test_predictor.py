@@ -10,19 +10,21 @@ from PIL import Image
 from mmnet import Prediction, Predictor
 from mmnet.checkpoint import CheckpointError, save_checkpoint
 from mmnet.cli import main
-from mmnet.config import Config, EvalConfig
+from mmnet.config import Config, ConfigError, EvalConfig
 from mmnet.data.errors import DataError
 from mmnet.data.tokenizer import tokenize
 from mmnet.data.transforms import Letterbox, to_original
 from mmnet.predictor import pretrained_directory
-from tiny import build_tiny, tiny_model_config
+from mmnet.visualize import PREDICTION
+from tiny import build_tiny, tiny_model_config, with_distinct_queries
 
 TEXTS = ["the blue triangle", "large circle left of the red square", "the lowest shape"]
 
 
 def tiny_predictor(seed: int = 0, **eval_changes) -> Predictor:
+    """A random tiny model whose five queries differ (scores, masks), so that mixing them up shows."""
     config = Config(model=tiny_model_config(num_queries=5), eval=EvalConfig(**eval_changes))
-    return Predictor(build_tiny(seed=seed, num_queries=5), config, device="cpu")
+    return Predictor(with_distinct_queries(build_tiny(seed=seed, num_queries=5)), config, device="cpu")
 
 
 def picture(height: int = 45, width: int = 70, seed: int = 3) -> np.ndarray:
@@ -33,6 +35,8 @@ def picture(height: int = 45, width: int = 70, seed: int = 3) -> np.ndarray:
 def test_predictions_equal_the_model_forward_mapped_back_to_the_original_size():
     predictor = tiny_predictor(batch_size=2)  # three expressions: two chunks of decoding
     image = picture()
+    # A threshold inside the range of probabilities, so that the mask is neither empty nor full.
+    predictor.threshold = float(np.median(predictor.predict(image, TEXTS[0]).probability))
     results = predictor.predict(image, TEXTS)
 
     pixels, geometry = Letterbox(predictor.config.model.image_size)(Image.fromarray(image))
@@ -43,15 +47,19 @@ def test_predictions_equal_the_model_forward_mapped_back_to_the_original_size():
     query_masks = to_original(outputs["query_masks"].sigmoid(), geometry)
 
     assert [r.text for r in results] == TEXTS
+    assert 0.2 < results[0].mask.mean() < 0.8
     for b, result in enumerate(results):
+        assert result.query_scores.std() > 1e-3 and result.query_masks.std(axis=0).mean() > 1e-3  # queries differ
         assert result.probability.shape == (45, 70) and result.mask.dtype == np.bool_
         assert result.query_masks.shape == (5, 45, 70)
         np.testing.assert_allclose(result.probability, probability[b].numpy(), atol=1e-6)
         np.testing.assert_allclose(result.query_masks, query_masks[b].numpy(), atol=1e-6)
-        np.testing.assert_array_equal(result.mask, probability[b].numpy() > predictor.threshold)
-        np.testing.assert_allclose(result.query_scores, outputs["query_scores"][b].numpy(), atol=1e-6)
+        np.testing.assert_array_equal(result.mask, result.probability > predictor.threshold)
+        undecided = np.abs(probability[b].numpy() - predictor.threshold) < 1e-5  # rounding may go either way
+        assert np.array_equal(result.mask[~undecided], (probability[b].numpy() > predictor.threshold)[~undecided])
+        np.testing.assert_allclose(result.query_scores, outputs["query_scores"][b].numpy(), atol=2e-5)
         length = int((tokens[b] != 0).sum())
-        np.testing.assert_allclose(result.word_attention, outputs["word_attention"][b, :, :length].numpy(), atol=1e-6)
+        np.testing.assert_allclose(result.word_attention, outputs["word_attention"][b, :, :length].numpy(), atol=2e-5)
         np.testing.assert_allclose(result.word_attention.sum(axis=1), 1.0, atol=1e-5)
         assert len(result.tokens) == length
         assert result.tokens[0] == "[SOS]" and result.tokens[-1] == "[EOS]"
@@ -120,23 +128,23 @@ def test_a_hub_id_is_fetched_with_only_the_two_files(tmp_path, monkeypatch):
     tiny_predictor().save_pretrained(tmp_path / "cache")
     asked = {}
 
-    def fake_download(repo_id, allow_patterns):
-        asked.update(repo_id=repo_id, allow_patterns=allow_patterns)
+    def fake_download(repo_id, allow_patterns, **options):
+        asked.update(repo_id=repo_id, allow_patterns=allow_patterns, **options)
         return str(tmp_path / "cache")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
-    Predictor.from_pretrained("someone/mmnet-tiny", device="cpu")
-    assert asked == {"repo_id": "someone/mmnet-tiny", "allow_patterns": ["model.safetensors", "config.json"]}
+    Predictor.from_pretrained("someone/mmnet-tiny", device="cpu", revision="v1")
+    assert asked == {"repo_id": "someone/mmnet-tiny", "allow_patterns": ["model.safetensors", "config.json"], "revision": "v1"}
 
 
 def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch):
     import huggingface_hub
 
-    def offline(repo_id, allow_patterns):
+    def offline(repo_id, allow_patterns, **options):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(CheckpointError, match=r"someone/mmnet-tiny is neither a local checkpoint directory nor a Hub repository.*no network"):
+    with pytest.raises(CheckpointError, match=r"no local directory someone/mmnet-tiny, and as a Hub repository id it could not be fetched.*no network"):
         Predictor.from_pretrained("someone/mmnet-tiny")
 
 
@@ -164,6 +172,25 @@ def test_bad_images_and_expressions_are_clear_errors(tmp_path):
         predictor.predict(picture(), [])
     with pytest.raises(DataError, match=r"must be uint8 .* got float32"):
         predictor.predict(picture().astype(np.float32), TEXTS[0])
+    with pytest.raises(DataError, match=r"is a directory, not an image file"):
+        predictor.predict(tmp_path, TEXTS[0])
+
+
+def test_a_config_json_that_is_not_a_config_is_refused_naming_it(tmp_path):
+    tiny_predictor().save_pretrained(tmp_path / "ckpt")
+    config = tmp_path / "ckpt" / "config.json"
+    config.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config.json: must be a JSON object"):
+        Predictor.from_pretrained(tmp_path / "ckpt")
+    config.write_text('{"model": {"backbone": "nope"}}')
+    with pytest.raises(CheckpointError, match=r"config.json.*unknown backbone 'nope'"):
+        Predictor.from_pretrained(tmp_path / "ckpt")
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device cuda was asked for, but torch sees no GPU"):
+        Predictor(build_tiny(num_queries=5), Config(model=tiny_model_config(num_queries=5)), device="cuda")
 
 
 def test_predict_command_writes_a_mask_and_an_overlay_per_expression(tmp_path, capsys):
@@ -171,14 +198,25 @@ def test_predict_command_writes_a_mask_and_an_overlay_per_expression(tmp_path, c
     predictor.save_pretrained(tmp_path / "ckpt")
     Image.fromarray(picture()).save(tmp_path / "photo.png")
     argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out"), "--device", "cpu"]
-    assert main(argv + ["--text", TEXTS[0], "--text", TEXTS[1], "--threshold", "0.5"]) == 0
+    threshold = float(np.median(predictor.predict(picture(), TEXTS[1]).probability))
+    assert main(argv + ["--text", TEXTS[0], "--text", TEXTS[1], "--threshold", repr(threshold)]) == 0
     printed = capsys.readouterr().out
     assert '"the blue triangle":' in printed and "best query" in printed
     mask = np.asarray(Image.open(tmp_path / "out" / "01_the-blue-triangle_mask.png"))
-    expected = predictor.predict(picture(), TEXTS[0]).probability > 0.5
+    expected = predictor.predict(picture(), TEXTS[0]).probability > threshold
     np.testing.assert_array_equal(mask, expected.astype(np.uint8) * 255)
-    overlay = Image.open(tmp_path / "out" / "02_large-circle-left-of-the-red-square_overlay.png")
-    assert overlay.size == (70, 45)
+    overlay = np.asarray(Image.open(tmp_path / "out" / "02_large-circle-left-of-the-red-square_overlay.png"))
+    assert overlay.shape == (45, 70, 3)
+    # The red outline is the border of the mask written beside it, at the same threshold.
+    mask2 = np.asarray(Image.open(tmp_path / "out" / "02_large-circle-left-of-the-red-square_mask.png")) > 0
+    inside = mask2 & np.roll(mask2, 1, 0) & np.roll(mask2, -1, 0) & np.roll(mask2, 1, 1) & np.roll(mask2, -1, 1)
+    red = np.all(overlay == PREDICTION, axis=-1)
+    assert 0 < mask2.mean() < 1 and red.any()
+    np.testing.assert_array_equal(red, mask2 & ~inside)
+
+    argv_file = [a if a != str(tmp_path / "out") else str(tmp_path / "photo.png") for a in argv]  # a file for the folder
+    assert main(argv_file + ["--text", TEXTS[0]]) == 2
+    assert "photo.png: cannot be made a folder for the predictions" in capsys.readouterr().err
 
 
 def test_predict_command_reports_a_missing_image_and_exits_2(tmp_path, capsys):

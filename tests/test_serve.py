@@ -86,6 +86,8 @@ def test_the_page_in_a_headless_browser(tmp_path):
             assert page.evaluate("() => [document.querySelector('#overlay img').naturalWidth, document.querySelector('#overlay img').naturalHeight]") == [70, 45]
             page.locator("#queries img").nth(4).wait_for(timeout=60_000)
             assert page.locator("#queries img").count() == 5
+            for n in range(1, 6):  # every query's score is shown beside its mask
+                assert page.locator("#queries").get_by_text(f"query {n}: ").count() >= 1
             assert "the blue triangle" in page.locator("#summary").inner_text()
             browser.close()
     finally:

@@ -23,6 +23,8 @@ def load_image(path: str | Path, *, size: Optional[tuple[int, int]] = None) -> I
     Raises DataError naming the file when it is missing, unreadable, or of the wrong size.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not an image file")
     if not path.is_file():
         raise DataError(f"{path}: image not found")
     try:
