@@ -1,0 +1,118 @@
+"""What the speed benchmarks share: models at the paper's settings, timing, a matrix-product
+reference, and a record of the machine. Each configuration runs in a fresh process, so that its
+peak memory is its own."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# The paper's settings (480 x 480, N_q = 24, C = 512, L = 17) with each backbone by name.
+BASE_CONFIG = REPO / "configs" / "refcoco_vit-b-16.yaml"
+BACKBONES = ("RN50", "RN101", "ViT-B-16")
+# The multi-mask machinery and a model without it: N_q = 24 with the projector and estimator,
+# against one query, one mask, no estimator.
+VARIANTS = {
+    "full (Nq 24)": ["model.num_queries=24"],
+    "Nq 1, w/o MMP": ["model.num_queries=1", "model.multi_mask=false", "model.estimator=false"],
+}
+
+
+def model_config(backbone: str, overrides: list[str]):
+    from mmnet.config import load_config
+
+    return load_config(BASE_CONFIG, [f"model.backbone={backbone}", "model.clip_weights=null", *overrides]).model
+
+
+def build(backbone: str, overrides: list[str], device: torch.device, *, channels_last: bool = True):
+    from mmnet.build import build_mmnet
+
+    torch.manual_seed(0)
+    config = model_config(backbone, overrides)
+    model = build_mmnet(config, load_clip_weights=False).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, config
+
+
+def inputs(config, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from mmnet.info import dummy_inputs
+
+    images, tokens = dummy_inputs(config, batch)
+    return images.to(device), tokens.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of ``step`` after ``warmup`` untimed calls, and every timing."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 4096, repeats: int = 5) -> float:
+    """FLOP/s of a large square matrix product: what the machine reaches on the easiest work."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds, _ = median_seconds(lambda: a @ b, device, warmup=2, repeats=repeats)
+    return 2 * size**3 / seconds
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The peak memory of this process: allocated GPU memory on a GPU, resident memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "processor": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _child(queue, function, kwargs) -> None:
+    try:
+        queue.put(("ok", function(**kwargs)))
+    except BaseException as err:  # reported to the parent, which names the configuration
+        queue.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def in_fresh_process(function: Callable[..., dict], **kwargs) -> dict:
+    """Runs ``function(**kwargs)`` in a new process and returns its result."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(queue, function, kwargs))
+    process.start()
+    status, value = queue.get()
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"{function.__name__}({kwargs}) failed: {value}")
+    return value

@@ -1,0 +1,90 @@
+"""Training-step speed of MMNet at the paper's settings (480 x 480, N_q = 24), random weights.
+
+A step is what `mmnet train` does per micro-batch and optimizer step: forward, the BCE loss,
+backward, gradient clipping and an Adam update. Samples per second (median of repeated steps
+after warm-up) and peak memory, for the full model and for one query without the Multi-Mask
+Projector, each configuration in a fresh process.
+
+    python benchmarks/train_step.py                         # CPU, fp32, batch 4
+    python benchmarks/train_step.py --device cuda           # GPU, bf16 autocast, batch 8 and 32
+
+Results: benchmarks/results/train_step_<cpu|cuda>.json, and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BACKBONES, REPO, VARIANTS, build, in_fresh_process, inputs, machine, median_seconds, peak_memory_mb  # noqa: E402
+
+
+def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool, warmup: int, repeats: int, threads: int) -> dict:
+    from mmnet.engine import autocast
+    from mmnet.modeling import mask_loss
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    model, config = build(backbone, VARIANTS[variant], device)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    images, tokens = inputs(config, batch, device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    side = config.image_size // 4
+    masks = (torch.rand(batch, 1, side, side, device=device) > 0.7).float()
+
+    def step():
+        with autocast(device, bf16):
+            logits = model(images, tokens)["logits"]
+        loss = mask_loss(logits, masks)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    seconds, times = median_seconds(step, device, warmup=warmup, repeats=repeats)
+    return {"median_s": seconds, "times_s": times, "samples_per_s": batch / seconds, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--batches", type=int, nargs="+", help="default: 4 on a CPU, 8 32 on a GPU")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (default: torch's choice)")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/train_step_<device>.json)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    batches = args.batches or ([4] if device.type == "cpu" else [8, 32])
+    bf16 = device.type == "cuda"
+
+    runs = []
+    for backbone in args.backbones:
+        for variant in VARIANTS:
+            for batch in batches:
+                print(f"== {backbone} | {variant} | batch {batch} | {'bf16' if bf16 else 'fp32'}", flush=True)
+                result = in_fresh_process(
+                    measure, backbone=backbone, variant=variant, device=args.device, batch=batch, bf16=bf16,
+                    warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                )
+                result.update(backbone=backbone, variant=variant, batch=batch, bf16=bf16)
+                runs.append(result)
+                print(f"   {result['median_s'] * 1e3:.0f} ms a step, {result['samples_per_s']:.2f} samples/s, peak {result['peak_memory_mb']:.0f} MB", flush=True)
+
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"train_step_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(device), "runs": runs, "settings": vars(args)}, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
