@@ -4,6 +4,7 @@ peak memory is its own."""
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import platform
@@ -116,3 +117,16 @@ def in_fresh_process(function: Callable[..., dict], **kwargs) -> dict:
     if status != "ok":
         raise RuntimeError(f"{function.__name__}({kwargs}) failed: {value}")
     return value
+
+
+def arguments(doc: str, *, name: str, batches_help: str, warmup: int, repeats: int) -> argparse.ArgumentParser:
+    """The options both speed benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--batches", type=int, nargs="+", help=batches_help)
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (default: torch's choice)")
+    parser.add_argument("--out", help=f"JSON file (default benchmarks/results/{name}_<device>.json)")
+    return parser

@@ -13,7 +13,6 @@ Results: benchmarks/results/train_step_<cpu|cuda>.json, and a table on stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BACKBONES, REPO, VARIANTS, build, in_fresh_process, inputs, machine, median_seconds, peak_memory_mb  # noqa: E402
+from common import REPO, arguments, VARIANTS, build, in_fresh_process, inputs, machine, median_seconds, peak_memory_mb  # noqa: E402
 
 
 def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool, warmup: int, repeats: int, threads: int) -> dict:
@@ -54,14 +53,7 @@ def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--batches", type=int, nargs="+", help="default: 4 on a CPU, 8 32 on a GPU")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads on a CPU (default: torch's choice)")
-    parser.add_argument("--out", help="JSON file (default benchmarks/results/train_step_<device>.json)")
+    parser = arguments(__doc__, name="train_step", batches_help="default: 4 on a CPU, 8 32 on a GPU", warmup=1, repeats=3)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batches = args.batches or ([4] if device.type == "cpu" else [8, 32])
