@@ -45,13 +45,24 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, config: Config, 
     (staging / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2))
     if state is not None:
         torch.save(state, staging / STATE_FILE)
+    for written in [*staging.iterdir(), staging]:  # on disk before the swap, so a power cut cannot leave it half written
+        _fsync(written)
     retired = directory.with_name(f"{directory.name}.old")
     if directory.exists():
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(directory, retired)
     os.replace(staging, directory)
+    _fsync(directory.parent)
     shutil.rmtree(retired, ignore_errors=True)
     return directory
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -122,9 +122,10 @@ def run_eval(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(format_table({split: r["metrics"] for split, r in results.items()}))
-    checkpoint = find_checkpoint(args.checkpoint)
+    find_checkpoint(args.checkpoint)  # a clear error when there is none
     # Beside the checkpoint, not in it: saving the checkpoint again replaces its folder.
-    out = Path(args.out) if args.out else checkpoint.parent / f"eval_{checkpoint.name}.json"
+    named = Path(args.checkpoint).resolve()  # best/, even where best.old/ was read after an interrupted save
+    out = Path(args.out) if args.out else named.parent / f"eval_{named.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({split: r["metrics"] for split, r in results.items()}, indent=2))
     print(f"metrics written to {out}")

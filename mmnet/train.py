@@ -96,12 +96,17 @@ class StopSignal:
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    """Data-loader workers leave Ctrl-C to the main process, which stops cleanly."""
+    """Data-loader workers leave Ctrl-C and SIGTERM (which torchrun and schedulers send to the
+    whole process group) to the main process, which stops cleanly and then ends them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # Settings that fix the course of a run: resuming with others would not continue it exactly.
-RUN_SETTINGS = ("epochs", "batch_size", "micro_batch_size", "lr", "lr_power", "backbone_lr_mult", "weight_decay", "seed")
+RUN_SETTINGS = (
+    "epochs", "batch_size", "micro_batch_size", "lr", "lr_power", "backbone_lr_mult", "weight_decay", "grad_clip", "bf16", "seed",
+)
+DATA_SETTINGS = ("dataset", "split_by", "train_split", "text_blind")
 
 
 def _check_resumable(saved: Config, config: Config, directory: Path, *, saved_world: int, world: int) -> None:
@@ -109,8 +114,7 @@ def _check_resumable(saved: Config, config: Config, directory: Path, *, saved_wo
     saved_model, model = config_to_dict(saved.model), config_to_dict(config.model)
     differing = [f"model.{k}" for k, v in model.items() if k != "clip_weights" and saved_model[k] != v]
     differing += [f"train.{k}" for k in RUN_SETTINGS if getattr(saved.train, k) != getattr(config.train, k)]
-    if saved.data.text_blind != config.data.text_blind:
-        differing.append("data.text_blind")
+    differing += [f"data.{k}" for k in DATA_SETTINGS if getattr(saved.data, k) != getattr(config.data, k)]
     if differing:
         raise CheckpointError(f"{directory} was trained with other settings ({', '.join(differing)}); resume with the same ones")
     if saved_world != world:
@@ -149,6 +153,8 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
         resume = str(output / "last") if (output / "last").exists() or (output / "last.old").exists() else None
     if resume is None and ((output / "last").exists() or (output / "last.old").exists()):
         raise ConfigError(f"{output} already holds a run; continue it with --resume auto, or choose another train.output_dir")
+    if resume is None and (output / "log.jsonl").is_file() and (output / "log.jsonl").stat().st_size > 0:
+        raise ConfigError(f"{output} holds the log of a run that saved no checkpoint; remove it, or choose another train.output_dir")
     seed_everything(config.train.seed)  # the same initial weights on every process
 
     index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))

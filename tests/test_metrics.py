@@ -21,8 +21,15 @@ def test_intersection_and_union_of_hand_drawn_masks():
 
 def test_empty_prediction_empty_truth_and_both_empty():
     # Empty prediction, 5-pixel truth: 0. Empty truth, 2 predicted pixels: 0. Both empty: 1.
-    values = iou(torch.tensor([0, 0, 0]), torch.tensor([5, 2, 0]))
-    assert values.tolist() == [0.0, 0.0, 1.0]
+    pred = torch.zeros(3, 4, 4, dtype=torch.bool)
+    target = torch.zeros(3, 4, 4, dtype=torch.bool)
+    target[0, 0, :4], target[0, 1, 0] = True, True
+    pred[1, 2, 2:4] = True
+    intersection, union = intersection_union(pred, target)
+    assert intersection.tolist() == [0, 0, 0] and union.tolist() == [5, 2, 0]
+    assert iou(intersection, union).tolist() == [0.0, 0.0, 1.0]
+    # A split of nothing but empty-and-empty expressions is exactly right by both measures.
+    assert summarize([0, 0], [0, 0])["oIoU"] == 100.0 and summarize([0, 0], [0, 0])["mIoU"] == 100.0
 
 
 def test_summary_of_four_expressions_worked_by_hand():
@@ -31,6 +38,7 @@ def test_summary_of_four_expressions_worked_by_hand():
     assert metrics["mIoU"] == pytest.approx(100 * (0.75 + 0 + 1 + 0) / 4)  # 43.75
     assert metrics["oIoU"] == pytest.approx(100 * 3 / 11)  # 27.27
     assert metrics["Pr@0.5"] == pytest.approx(50.0)  # 0.75 and 1
+    assert metrics["Pr@0.6"] == pytest.approx(50.0)
     assert metrics["Pr@0.7"] == pytest.approx(50.0)
     assert metrics["Pr@0.8"] == pytest.approx(25.0)  # only 1
     assert metrics["Pr@0.9"] == pytest.approx(25.0)

@@ -187,10 +187,35 @@ def test_a_fresh_run_will_not_overwrite_a_previous_one(synth_root, tmp_path):
         train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
 
 
+def test_a_fresh_run_will_not_append_to_the_log_of_a_run_that_saved_nothing(synth_root, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text('{"epoch": 1, "step": 1}\n')
+    with pytest.raises(ConfigError, match=r"holds the log of a run that saved no checkpoint"):
+        train(tiny_run_config(synth_root, tmp_path / "run", epochs=1), device="cpu")
+
+
 def test_resume_refuses_other_run_settings(synth_root, tmp_path):
     train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu", stop_after_epochs=1)
-    with pytest.raises(CheckpointError, match=r"trained with other settings \(train.epochs, train.lr\)"):
-        train(tiny_run_config(synth_root, tmp_path / "run", epochs=3, lr=1e-4), device="cpu", resume="auto")
+    with pytest.raises(CheckpointError, match=r"trained with other settings \(train.epochs, train.lr, train.grad_clip\)"):
+        train(tiny_run_config(synth_root, tmp_path / "run", epochs=3, lr=1e-4, grad_clip=0.5), device="cpu", resume="auto")
+    other_data = tiny_run_config(synth_root, tmp_path / "run")
+    other_data.data.train_split = "val"
+    with pytest.raises(CheckpointError, match=r"trained with other settings \(data.train_split\)"):
+        train(other_data, device="cpu", resume="auto")
+
+
+def test_resume_refuses_another_number_of_processes_and_a_weights_only_checkpoint(synth_root, tmp_path):
+    from mmnet.checkpoint import read_config, save_checkpoint
+    from mmnet.train import _check_resumable
+    from tiny import build_tiny
+
+    config = tiny_run_config(synth_root, tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"was trained by 2 processes; resume it with 2, not 1"):
+        _check_resumable(config, config, tmp_path / "run" / "last", saved_world=2, world=1)
+    save_checkpoint(tmp_path / "weights", model=build_tiny(dropout=0.1), config=config)
+    assert read_config(tmp_path / "weights") == config
+    with pytest.raises(CheckpointError, match=r"state.pt is missing: this checkpoint holds weights only and cannot resume"):
+        train(dataclasses.replace(config, train=dataclasses.replace(config.train, output_dir=str(tmp_path / "new"))), device="cpu", resume=str(tmp_path / "weights"))
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(synth_root, tmp_path):
