@@ -84,7 +84,7 @@ def run(args) -> dict:
         "epochs": args.epochs,
         "seed": args.seed,
         "images": args.images,
-        "config": args.config,
+        "config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO) else args.config,
         "machine": {"processor": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
         "runs": results,
     }
@@ -155,6 +155,8 @@ def markdown(results: dict) -> str:
     lines += [
         "With one seed and a small from-scratch model, differences of a point or two are within the",
         "noise of a run; a change of sign against the paper at that size says little either way.",
+        "The train column is wall-clock seconds; compare it between rows only when the machine did",
+        "nothing else during the run.",
         "",
         "Produced by:",
         "",
