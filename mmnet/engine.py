@@ -112,12 +112,10 @@ def train_one_epoch(
             )
         )
         if flags[0] > 0 or flags[1] > 0:
-            if flags[0] > 0:
-                what = f"loss became {step_loss.item()}" if not torch.isfinite(step_loss) else "loss became non-finite on another process"
-            else:
-                what = f"gradient norm became {grad_norm.item()}" if not torch.isfinite(grad_norm) else "gradient norm became non-finite on another process"
+            name, value = ("loss", step_loss) if flags[0] > 0 else ("gradient norm", grad_norm)
+            became = f"became {value.item()}" if not torch.isfinite(value) else "became non-finite on another process"
             raise NonFiniteLossError(
-                f"the {what} at epoch {state.epoch + 1}, step {state.step + 1}; training stopped without saving this "
+                f"the {name} {became} at epoch {state.epoch + 1}, step {state.step + 1}; training stopped without saving this "
                 "state, so the last checkpoint (if any) is the last good one (try a lower train.lr or train.grad_clip)"
             )
         optimizer.step()

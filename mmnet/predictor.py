@@ -32,6 +32,7 @@ from mmnet.data.transforms import Letterbox, to_original
 from mmnet.engine import autocast
 from mmnet.errors import MMNetError
 from mmnet.modeling import MMNet
+from mmnet.visualize import PREDICTION, spotlight
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -208,17 +209,11 @@ def _slug(text: str, limit: int = 40) -> str:
 
 def overlay(image: Image.Image, prediction: Prediction) -> Image.Image:
     """The image dimmed where the object is unlikely, ``prediction.mask`` outlined in red."""
-    from mmnet.visualize import PREDICTION, spotlight
-
     return spotlight(image, prediction.probability, outline=PREDICTION, threshold=prediction.threshold)
 
 
 def write_prediction(image: Image.Image, prediction: Prediction, out: Path, index: int) -> tuple[Path, Path]:
-    """Writes ``<index>_<words>_mask.png`` (white on black) and ``<index>_<words>_overlay.png``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"{out}: cannot be made a folder for the predictions ({err.strerror or err})") from None
+    """Writes ``<index>_<words>_mask.png`` (white on black) and ``<index>_<words>_overlay.png`` into ``out``."""
     stem = f"{index:02d}_{_slug(prediction.text)}"
     mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask_path)
@@ -231,6 +226,10 @@ def run_predict(args) -> int:
     image = _as_image(args.image)
     predictions = predictor.predict(image, list(args.text))
     out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{out}: cannot be made a folder for the predictions ({err.strerror or err})") from None
     for index, prediction in enumerate(predictions, start=1):
         mask_path, overlay_path = write_prediction(image, prediction, out, index)
         best = int(np.argmax(prediction.query_scores))
