@@ -39,9 +39,9 @@ def build(backbone: str, overrides: list[str], device: torch.device, *, channels
 
     torch.manual_seed(0)
     config = model_config(backbone, overrides)
-    model = build_mmnet(config, load_clip_weights=False).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_mmnet(config, load_clip_weights=False).to(device)  # channels_last, as built
+    if not channels_last:
+        model = model.to(memory_format=torch.contiguous_format)
     return model, config
 
 

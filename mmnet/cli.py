@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="predictions", help="folder for a mask PNG and an overlay per expression (default predictions/)")
     predict.add_argument("--threshold", type=float, help="probability above which a pixel is the object (default: the checkpoint's eval.threshold)")
     predict.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    predict.add_argument(
+        "--compile", action="store_true", default=None,
+        help="torch.compile the model first: slower to start, faster per image (default: the checkpoint's eval.compile)",
+    )
     predict.set_defaults(func=_run("mmnet.predictor", "run_predict"))
 
     export = commands.add_parser("export", help="write a trained MMNet as an ONNX graph with a free batch size")

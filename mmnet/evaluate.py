@@ -50,6 +50,8 @@ def evaluate_checkpoint(
         model = build_mmnet(config.model, load_clip_weights=False)
         load_weights(model, directory)
         model.to(ctx.device)
+        if config.eval.compile:
+            model.compile()
         index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
         results = {}
         for split in splits:

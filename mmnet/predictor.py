@@ -117,13 +117,23 @@ def _as_image(image: ImageInput) -> Image.Image:
 class Predictor:
     """Segments what expressions refer to in images, with a trained MMNet."""
 
-    def __init__(self, model: MMNet, config: Config, *, device: Optional[str | torch.device] = None, threshold: Optional[float] = None):
+    def __init__(
+        self,
+        model: MMNet,
+        config: Config,
+        *,
+        device: Optional[str | torch.device] = None,
+        threshold: Optional[float] = None,
+        compile: Optional[bool] = None,
+    ):
         """
         Args:
             model: a trained MMNet.
             config: its settings (the image size and context length come from ``config.model``).
             device: where to run; default the GPU when there is one.
             threshold: probability above which a pixel is the object (default ``config.eval.threshold``).
+            compile: compile ``model``'s parts in place with torch.compile (default
+                ``config.eval.compile``); the first prediction at each batch size waits for it.
         """
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -134,15 +144,23 @@ class Predictor:
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold must lie between 0 and 1, got {self.threshold}")
         self.letterbox = Letterbox(config.model.image_size)
+        if config.eval.compile if compile is None else compile:
+            self.model.compile()
 
     @classmethod
     def from_pretrained(
-        cls, name: str | Path, *, device: Optional[str | torch.device] = None, threshold: Optional[float] = None, **hub_options
+        cls,
+        name: str | Path,
+        *,
+        device: Optional[str | torch.device] = None,
+        threshold: Optional[float] = None,
+        compile: Optional[bool] = None,
+        **hub_options,
     ) -> "Predictor":
         """From a checkpoint directory, a training run's folder, or a Hub repository id
         (``hub_options``: ``revision``, ``cache_dir``, ``token``, ... of ``snapshot_download``)."""
         model, config = load_pretrained(name, **hub_options)
-        return cls(model, config, device=device, threshold=threshold)
+        return cls(model, config, device=device, threshold=threshold, compile=compile)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(self.model, self.config, directory)
@@ -222,7 +240,7 @@ def write_prediction(image: Image.Image, prediction: Prediction, out: Path, inde
 
 
 def run_predict(args) -> int:
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, threshold=args.threshold)
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, threshold=args.threshold, compile=args.compile)
     image = _as_image(args.image)
     predictions = predictor.predict(image, list(args.text))
     out = Path(args.out)

@@ -72,7 +72,9 @@ class MultiQueryEstimator(nn.Module):
     def __init__(self, *, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         self.attn = Attention(dim, num_heads, dropout=dropout)
-        self.score = nn.Linear(dim, 1)  # W_s
+        # W_s, without a bias: one shared offset on every query's logit leaves the softmax
+        # unchanged, so its gradient is zero and it could never learn.
+        self.score = nn.Linear(dim, 1, bias=False)
 
     def forward(self, f_q: torch.Tensor) -> torch.Tensor:
         """

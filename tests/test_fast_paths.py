@@ -1,0 +1,128 @@
+"""The fast paths give the plain paths' outputs: the batched dynamic convolution, channels_last
+weights, and the opt-in torch.compile of every part."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmnet import Predictor
+from mmnet.config import Config, EvalConfig
+from mmnet.modeling import MMNet
+from mmnet.modeling.mmnet import PARTS
+from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
+
+BACKBONES = ["RN-tiny", "ViT-tiny"]
+TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square"]
+
+
+def test_the_batched_dynamic_convolution_equals_one_convolution_per_query():
+    projector = build_tiny().projector.eval()
+    f_s = torch.randn(3, 32, 4, 4)
+    queries = torch.randn(3, 5, 32)
+    batched = projector(f_s, queries)
+
+    f_p = projector.pixel(f_s)
+    params = torch.relu(projector.kernel(queries))  # Eq. 14
+    channels = f_p.shape[1]
+    looped = torch.stack(
+        [
+            torch.cat(
+                [
+                    F.conv2d(f_p[b : b + 1], params[b, n, :-1].reshape(1, channels, 3, 3), params[b, n, -1:], padding=1)
+                    for n in range(queries.shape[1])
+                ],
+                dim=1,
+            )[0]
+            for b in range(f_s.shape[0])
+        ]
+    )
+    assert batched.shape == looped.shape == (3, 5, 16, 16)
+    torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_the_built_model_holds_its_convolutions_in_channels_last_with_unchanged_outputs(backbone):
+    model = with_distinct_queries(build_tiny(backbone, num_queries=5)).eval()
+    convolutions = [(name, p) for name, p in model.named_parameters() if p.ndim == 4]
+    assert convolutions, "the tower has convolutions"
+    assert [name for name, p in convolutions if not p.is_contiguous(memory_format=torch.channels_last)] == []
+
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in plain.parameters())
+    images, tokens = random_images(3), tokens_for(TEXTS)
+    with torch.no_grad():
+        fast, reference = model(images, tokens), plain(images, tokens)
+    for key in ("logits", "query_masks", "query_scores", "word_attention"):
+        torch.testing.assert_close(fast[key], reference[key], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from scratch and leaves no compiled code behind for the next."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _recording_backend(graphs: list):
+    """A torch.compile backend that keeps each captured graph and runs it as it is."""
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    return backend
+
+
+def test_compile_compiles_every_part_and_keeps_the_outputs_of_forward_encode_and_decode():
+    model = with_distinct_queries(build_tiny("ViT-tiny", num_queries=5)).eval()
+    images, tokens = random_images(3), tokens_for(TEXTS)
+    with torch.no_grad():
+        reference = model(images, tokens)
+        reference_one_image = model.decode(model.encode_image(images[:1]), tokens)
+
+    graphs = []
+    model.compile(backend=_recording_backend(graphs))
+    parts = [name for names in PARTS.values() for name in names]
+    assert [name for name in parts if getattr(model, name)._compiled_call_impl is None] == []
+    with torch.no_grad():
+        compiled = model(images, tokens)
+        compiled_one_image = model.decode(model.encode_image(images[:1]), tokens)
+    assert len(graphs) >= len(parts)  # dynamo traced each part (a part may break into several graphs)
+    for key in ("logits", "query_masks", "query_scores", "word_attention"):
+        torch.testing.assert_close(compiled[key], reference[key], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled_one_image[key], reference_one_image[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_without_an_estimator_compiles_the_parts_it_has():
+    model = build_tiny(num_queries=1).eval()
+    assert model.estimator is None
+    model.compile(backend=_recording_backend([]))
+    assert model.projector._compiled_call_impl is not None
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="inductor needs a C++ compiler on a CPU")
+def test_compiled_with_inductor_the_model_gives_the_eager_outputs():
+    """The real compiler (C++ code on a CPU), not a stand-in: slow to start, so one small case."""
+    model = with_distinct_queries(build_tiny("ViT-tiny", num_queries=5)).eval()
+    images, tokens = random_images(2), tokens_for(TEXTS[:2])
+    with torch.inference_mode():
+        reference = model(images, tokens)
+        model.compile()
+        compiled = model(images, tokens)
+    for key in ("logits", "query_masks", "query_scores", "word_attention"):
+        torch.testing.assert_close(compiled[key], reference[key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("setting,argument,compiled", [(False, None, False), (True, None, True), (True, False, False), (False, True, True)])
+def test_the_predictor_compiles_when_its_argument_or_else_eval_compile_says_so(monkeypatch, setting, argument, compiled):
+    calls = []
+    monkeypatch.setattr(MMNet, "compile", lambda self, *args, **kwargs: calls.append(self))
+    model = build_tiny()
+    Predictor(model, Config(model=tiny_model_config(), eval=EvalConfig(compile=setting)), device="cpu", compile=argument)
+    assert calls == ([model] if compiled else [])
