@@ -2,10 +2,12 @@
 
 For each backbone: latency at batch 1 and throughput at batch 8 (and 32 on a GPU), for the
 full model and for the same backbone with one query and no Multi-Mask Projector, so that the
-cost of the multi-mask machinery is a ratio measured in one run. A large fp32 matrix product
-timed in the same run gives the FLOP/s the machine reaches on easy work; the model's FLOPs per
-image (as `mmnet info` counts them) over its time give the FLOP/s it achieves. Medians of
-repeated runs after warm-up; each configuration in a fresh process, so its peak memory is its own.
+cost of the multi-mask machinery is a ratio; in fp32 also the full model without channels_last, so that what channels_last buys is a ratio too. The models compared are built in
+one process and timed in turns (A B, B A, ...), so that a slow spell of the machine falls on
+both. A large matrix product timed in the same run gives the FLOP/s the machine reaches on easy
+work; the model's FLOPs per image (as `mmnet info` counts them) over its time give the FLOP/s
+it achieves. Peak memory comes from a fresh process per configuration running one forward at
+each batch size.
 
     python benchmarks/inference.py                          # CPU: fp32
     python benchmarks/inference.py --device cuda            # GPU: fp32, bf16, bf16 + torch.compile
@@ -17,47 +19,89 @@ Results: benchmarks/results/inference_<cpu|cuda>.json, and a table on stdout.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, arguments, VARIANTS, build, in_fresh_process, inputs, machine, matmul_flops, median_seconds, peak_memory_mb  # noqa: E402
+from common import REPO, arguments, VARIANTS, build, in_fresh_process, inputs, machine, matmul_flops, peak_memory_mb, sync  # noqa: E402
+
+FULL, BARE = VARIANTS  # "full (Nq 24)", "Nq 1, w/o MMP"
 
 
-def measure(*, backbone: str, variant: str, device: str, batches: list[int], mode: str, channels_last: bool, warmup: int, repeats: int, threads: int) -> dict:
-    """One configuration, in its own process: median seconds per forward at each batch size."""
+def _prepare(backbone: str, variant: str, channels_last: bool, mode: str, device: torch.device):
+    """The model, its config and its FLOPs per image, ready to run in ``mode``."""
     from mmnet.info import model_figures
 
-    if threads:
-        torch.set_num_threads(threads)
-    device = torch.device(device)
     model, config = build(backbone, VARIANTS[variant], device, channels_last=channels_last)
     gflops = model_figures(model, config)["total"]["gflops"]  # per image, fp32 graph
     model.eval()
-    forward = model
     if mode.endswith("compile"):
-        forward = torch.compile(model)
+        model.compile()
+    return model, config, gflops
+
+
+def _forward(model, config, batch: int, mode: str, device: torch.device, channels_last: bool):
+    images, tokens = inputs(config, batch, device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
-    rows = {}
+
+    def step():
+        with torch.inference_mode(), autocast:
+            return model(images, tokens)["logits"]
+
+    return step
+
+
+def measure(*, backbone: str, plans: list[tuple[str, bool]], device: str, batches: list[int], mode: str, warmup: int, repeats: int, threads: int) -> list[dict]:
+    """Times the (variant, channels_last) ``plans`` in turns in this process: the median seconds
+    of each at each batch size, and per repeat the time of each plan over the first plan's."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    prepared = [_prepare(backbone, variant, channels_last, mode, device) for variant, channels_last in plans]
+    results = [{"gflops_per_image": gflops, "batches": {}} for _, _, gflops in prepared]
     for batch in batches:
-        images, tokens = inputs(config, batch, device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        steps = [_forward(model, config, batch, mode, device, channels_last) for (model, config, _), (_, channels_last) in zip(prepared, plans)]
+        for step in steps:
+            for _ in range(warmup):
+                step()
+        sync(device)
+        times = [[] for _ in steps]
+        for repeat in range(repeats):
+            order = range(len(steps)) if repeat % 2 == 0 else reversed(range(len(steps)))
+            for i in order:
+                start = time.perf_counter()
+                steps[i]()
+                sync(device)
+                times[i].append(time.perf_counter() - start)
+        for i, result in enumerate(results):
+            seconds = statistics.median(times[i])
+            result["batches"][str(batch)] = {
+                "median_s": seconds,
+                "times_s": times[i],
+                "images_per_s": batch / seconds,
+                "achieved_gflops_per_s": result["gflops_per_image"] * batch / seconds,
+                # paired with the first plan's run of the same repeat
+                "median_ratio_to_first": statistics.median(t / t0 for t, t0 in zip(times[i], times[0])),
+            }
+    return results
 
-        def step():
-            with torch.inference_mode(), autocast:
-                return forward(images, tokens)["logits"]
 
-        seconds, times = median_seconds(step, device, warmup=warmup, repeats=repeats)
-        rows[str(batch)] = {
-            "median_s": seconds,
-            "times_s": times,
-            "images_per_s": batch / seconds,
-            "achieved_gflops_per_s": gflops * batch / seconds,
-        }
-    return {"gflops_per_image": gflops, "batches": rows, "peak_memory_mb": peak_memory_mb(device)}
+def peak_memory(*, backbone: str, variant: str, channels_last: bool, device: str, batches: list[int], mode: str, threads: int) -> float:
+    """Peak memory (MB) of a fresh process that runs one forward at each batch size."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    model, config, _ = _prepare(backbone, variant, channels_last, mode, device)
+    for batch in batches:
+        _forward(model, config, batch, mode, device, channels_last)()
+    sync(device)
+    return peak_memory_mb(device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,37 +117,44 @@ def main(argv: list[str] | None = None) -> None:
         reference["bf16_matmul_gflops_per_s"] = matmul_flops(device, torch.bfloat16, size=8192) / 1e9
     print(f"4096 x 4096 fp32 matrix product: {reference['fp32_matmul_gflops_per_s']:.1f} GFLOP/s", flush=True)
 
-    runs = []
-    for backbone in args.backbones:
-        plans = [(variant, mode, True) for mode in modes for variant in VARIANTS]
-        if backbone.startswith("RN"):
-            plans.append(("full (Nq 24)", "fp32", False))  # what channels_last buys a ResNet
-        for variant, mode, channels_last in plans:
-            name = f"{backbone} | {variant} | {mode}{'' if channels_last else ' | contiguous'}"
-            print(f"== {name}", flush=True)
-            result = in_fresh_process(
-                measure, backbone=backbone, variant=variant, device=args.device, batches=batches, mode=mode,
-                channels_last=channels_last, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
-            )
-            result.update(backbone=backbone, variant=variant, mode=mode, channels_last=channels_last)
-            runs.append(result)
-            cells = ", ".join(f"batch {b}: {r['median_s'] * 1e3:.0f} ms ({r['images_per_s']:.2f} img/s, {r['achieved_gflops_per_s']:.0f} GFLOP/s)" for b, r in result["batches"].items())
-            print(f"   {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MB", flush=True)
-
-    summary = {}
+    runs, summary = [], {}
     for backbone in args.backbones:
         for mode in modes:
-            pick = {r["variant"]: r for r in runs if r["backbone"] == backbone and r["mode"] == mode and r["channels_last"]}
-            full, bare = pick["full (Nq 24)"], pick["Nq 1, w/o MMP"]
-            summary[f"{backbone} {mode}"] = {
-                "multi_mask_latency_ratio_batch_1": full["batches"]["1"]["median_s"] / bare["batches"]["1"]["median_s"],
-                "fraction_of_matmul_flops_batch_8": (
-                    full["batches"]["8"]["achieved_gflops_per_s"] / reference["fp32_matmul_gflops_per_s"] if mode == "fp32" and "8" in full["batches"] else None
-                ),
+            plans = [(FULL, True), (BARE, True)]
+            if mode == "fp32":
+                plans.append((FULL, False))  # what channels_last buys
+            names = [f"{variant}{'' if channels_last else ' | contiguous'}" for variant, channels_last in plans]
+            print(f"== {backbone} | {mode}: {', '.join(names)} in turns", flush=True)
+            results = in_fresh_process(
+                measure, backbone=backbone, plans=plans, device=args.device, batches=batches, mode=mode,
+                warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+            )
+            for (variant, channels_last), name, result in zip(plans, names, results):
+                result["peak_memory_mb"] = in_fresh_process(
+                    peak_memory, backbone=backbone, variant=variant, channels_last=channels_last, device=args.device,
+                    batches=batches, mode=mode, threads=args.threads,
+                )
+                result.update(backbone=backbone, variant=variant, mode=mode, channels_last=channels_last)
+                runs.append(result)
+                cells = ", ".join(
+                    f"batch {b}: {r['median_s'] * 1e3:.0f} ms ({r['images_per_s']:.2f} img/s, {r['achieved_gflops_per_s']:.0f} GFLOP/s)"
+                    for b, r in result["batches"].items()
+                )
+                print(f"   {name}: {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MB", flush=True)
+            full, bare = results[0]["batches"], results[1]["batches"]
+            entry = {
+                # time(Nq 1, w/o MMP) / time(full), paired per repeat, turned into full / bare
+                f"multi_mask_latency_ratio_batch_{b}": 1 / bare[b]["median_ratio_to_first"] for b in full
             }
-    for key, value in summary.items():
-        ratio, fraction = value["multi_mask_latency_ratio_batch_1"], value["fraction_of_matmul_flops_batch_8"]
-        print(f"{key}: Nq 24 / (Nq 1 w/o MMP) latency {ratio:.3f}" + (f"; batch 8 at {100 * fraction:.0f}% of the matrix product's FLOP/s" if fraction else ""))
+            if len(results) == 3:
+                entry.update({f"channels_last_speedup_batch_{b}": results[2]["batches"][b]["median_ratio_to_first"] for b in full})
+            if mode == "fp32" and "8" in full:
+                entry["fraction_of_matmul_flops_batch_8"] = full["8"]["achieved_gflops_per_s"] / reference["fp32_matmul_gflops_per_s"]
+            if mode.startswith("bf16") and "bf16_matmul_gflops_per_s" in reference:
+                largest = full[str(max(batches))]
+                entry[f"fraction_of_bf16_matmul_flops_batch_{max(batches)}"] = largest["achieved_gflops_per_s"] / reference["bf16_matmul_gflops_per_s"]
+            summary[f"{backbone} {mode}"] = entry
+            print("   " + "; ".join(f"{key} {value:.3f}" for key, value in entry.items()), flush=True)
 
     out = Path(args.out or REPO / "benchmarks" / "results" / f"inference_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
