@@ -126,3 +126,28 @@ def test_the_predictor_compiles_when_its_argument_or_else_eval_compile_says_so(m
     model = build_tiny()
     Predictor(model, Config(model=tiny_model_config(), eval=EvalConfig(compile=setting)), device="cpu", compile=argument)
     assert calls == ([model] if compiled else [])
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_attention_runs_through_scaled_dot_product_attention(monkeypatch, backbone):
+    """The towers' nn.MultiheadAttention layers, the decoder, the estimator and the ResNet
+    attention pool: one fused SDPA call each. (Eq. 9's word attention is not among them: its
+    weights A are an output of the model.)"""
+    from mmnet.modeling.blocks import Attention
+
+    model = with_distinct_queries(build_tiny(backbone, num_queries=5)).train()  # no inference-only fast path
+    calls = {"sdpa": 0, "attention": 0}
+    fused = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls["sdpa"] += 1
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    for module in model.modules():
+        if isinstance(module, (torch.nn.MultiheadAttention, Attention)):
+            module.register_forward_hook(lambda *_: calls.__setitem__("attention", calls["attention"] + 1))
+    pools = 1 if backbone.startswith("RN") else 0
+    model(random_images(3), tokens_for(TEXTS))
+    assert calls["attention"] > 0
+    assert calls["sdpa"] == calls["attention"] + pools
