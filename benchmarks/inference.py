@@ -2,16 +2,18 @@
 
 For each backbone: latency at batch 1 and throughput at batch 8 (and 32 on a GPU), for the
 full model and for the same backbone with one query and no Multi-Mask Projector, so that the
-cost of the multi-mask machinery is a ratio; in fp32 also the full model without channels_last, so that what channels_last buys is a ratio too. The models compared are built in
-one process and timed in turns (A B, B A, ...), so that a slow spell of the machine falls on
-both. A large matrix product timed in the same run gives the FLOP/s the machine reaches on easy
-work; the model's FLOPs per image (as `mmnet info` counts them) over its time give the FLOP/s
-it achieves. Peak memory comes from a fresh process per configuration running one forward at
+cost of the multi-mask machinery is a ratio; and the full model without channels_last (or, in
+the compiled modes, not compiled), so that what that buys is a ratio too. The models compared
+are built in one process and timed in turns (A B C, C B A, ...), so that a slow spell of the
+machine falls on all of them. A large matrix product timed in the same run gives the FLOP/s the
+machine reaches on easy work; the model's FLOPs per image (as `mmnet info` counts them) over its
+time give the FLOP/s it achieves. Peak memory comes from a fresh process per configuration running one forward at
 each batch size.
 
     python benchmarks/inference.py                          # CPU: fp32
     python benchmarks/inference.py --device cuda            # GPU: fp32, bf16, bf16 + torch.compile
     python benchmarks/inference.py --backbones ViT-B-16 --repeats 3 --batches 1
+    python benchmarks/inference.py --backbones RN50 --modes fp32+compile --out benchmarks/results/inference_cpu_compile.json
 
 Results: benchmarks/results/inference_<cpu|cuda>.json, and a table on stdout.
 """
@@ -23,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -31,22 +34,51 @@ from common import REPO, arguments, VARIANTS, build, in_fresh_process, inputs, m
 
 FULL, BARE = VARIANTS  # "full (Nq 24)", "Nq 1, w/o MMP"
 
+# Dense bf16 tensor-core peaks from the makers' datasheets (TFLOP/s, no sparsity), by a piece of
+# the name torch reports; --peak-bf16-tflops gives it for any other GPU.
+DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0}
 
-def _prepare(backbone: str, variant: str, channels_last: bool, mode: str, device: torch.device):
-    """The model, its config and its FLOPs per image, ready to run in ``mode``."""
+
+def datasheet_bf16_tflops(gpu: str) -> float | None:
+    return next((peak for key, peak in DATASHEET_BF16_TFLOPS.items() if key in gpu), None)
+
+
+class Plan(NamedTuple):
+    """One model to time: which variant, in which memory layout, compiled or not."""
+
+    variant: str
+    channels_last: bool = True
+    compiled: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.variant + ("" if self.channels_last else ", contiguous") + (", compiled" if self.compiled else "")
+
+
+def plans_for(mode: str) -> list[Plan]:
+    """The full model and Nq 1 w/o MMP as ``mode`` runs them, then the full model without the
+    one optimisation the mode is about: channels_last in eager modes, compilation in compiled ones."""
+    compiled = mode.endswith("+compile")
+    plans = [Plan(FULL, compiled=compiled), Plan(BARE, compiled=compiled)]
+    plans.append(Plan(FULL, compiled=False) if compiled else Plan(FULL, channels_last=False))
+    return plans
+
+
+def _prepare(backbone: str, plan: Plan, device: torch.device):
+    """The model, its config and its FLOPs per image, as ``plan`` says."""
     from mmnet.info import model_figures
 
-    model, config = build(backbone, VARIANTS[variant], device, channels_last=channels_last)
+    model, config = build(backbone, VARIANTS[plan.variant], device, channels_last=plan.channels_last)
     gflops = model_figures(model, config)["total"]["gflops"]  # per image, fp32 graph
     model.eval()
-    if mode.endswith("compile"):
+    if plan.compiled:
         model.compile()
     return model, config, gflops
 
 
-def _forward(model, config, batch: int, mode: str, device: torch.device, channels_last: bool):
+def _forward(model, config, batch: int, mode: str, device: torch.device, plan: Plan):
     images, tokens = inputs(config, batch, device)
-    if channels_last:
+    if plan.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
 
@@ -57,16 +89,16 @@ def _forward(model, config, batch: int, mode: str, device: torch.device, channel
     return step
 
 
-def measure(*, backbone: str, plans: list[tuple[str, bool]], device: str, batches: list[int], mode: str, warmup: int, repeats: int, threads: int) -> list[dict]:
-    """Times the (variant, channels_last) ``plans`` in turns in this process: the median seconds
-    of each at each batch size, and per repeat the time of each plan over the first plan's."""
+def measure(*, backbone: str, plans: list[Plan], device: str, batches: list[int], mode: str, warmup: int, repeats: int, threads: int) -> list[dict]:
+    """Times ``plans`` in turns in this process: the median seconds of each at each batch size,
+    and per repeat the time of each plan over the first plan's."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    prepared = [_prepare(backbone, variant, channels_last, mode, device) for variant, channels_last in plans]
+    prepared = [_prepare(backbone, plan, device) for plan in plans]
     results = [{"gflops_per_image": gflops, "batches": {}} for _, _, gflops in prepared]
     for batch in batches:
-        steps = [_forward(model, config, batch, mode, device, channels_last) for (model, config, _), (_, channels_last) in zip(prepared, plans)]
+        steps = [_forward(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared, plans)]
         for step in steps:
             for _ in range(warmup):
                 step()
@@ -92,67 +124,76 @@ def measure(*, backbone: str, plans: list[tuple[str, bool]], device: str, batche
     return results
 
 
-def peak_memory(*, backbone: str, variant: str, channels_last: bool, device: str, batches: list[int], mode: str, threads: int) -> float:
+def peak_memory(*, backbone: str, plan: Plan, device: str, batches: list[int], mode: str, threads: int) -> float:
     """Peak memory (MB) of a fresh process that runs one forward at each batch size."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    model, config, _ = _prepare(backbone, variant, channels_last, mode, device)
+    model, config, _ = _prepare(backbone, plan, device)
     for batch in batches:
-        _forward(model, config, batch, mode, device, channels_last)()
+        _forward(model, config, batch, mode, device, plan)()
     sync(device)
     return peak_memory_mb(device)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, name="inference", batches_help="default: 1 8 on a CPU, 1 8 32 on a GPU", warmup=2, repeats=5)
+    parser.add_argument(
+        "--modes", nargs="+", choices=["fp32", "fp32+compile", "bf16", "bf16+compile"],
+        help="default: fp32 on a CPU; fp32, bf16 and bf16+compile on a GPU",
+    )
+    parser.add_argument("--peak-bf16-tflops", type=float, help="the GPU's dense bf16 peak, where the built-in datasheet table lacks it")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     batches = args.batches or ([1, 8] if device.type == "cpu" else [1, 8, 32])
-    modes = ["fp32"] if device.type == "cpu" else ["fp32", "bf16", "bf16+compile"]
+    modes = args.modes or (["fp32"] if device.type == "cpu" else ["fp32", "bf16", "bf16+compile"])
 
     # The reference first, in this process, before any model warms the caches.
     reference = {"fp32_matmul_gflops_per_s": matmul_flops(device) / 1e9}
     if device.type == "cuda":
         reference["bf16_matmul_gflops_per_s"] = matmul_flops(device, torch.bfloat16, size=8192) / 1e9
+        peak = args.peak_bf16_tflops or datasheet_bf16_tflops(torch.cuda.get_device_name(device))
+        if peak:
+            reference["bf16_datasheet_peak_gflops_per_s"] = peak * 1e3
     print(f"4096 x 4096 fp32 matrix product: {reference['fp32_matmul_gflops_per_s']:.1f} GFLOP/s", flush=True)
 
     runs, summary = [], {}
     for backbone in args.backbones:
         for mode in modes:
-            plans = [(FULL, True), (BARE, True)]
-            if mode == "fp32":
-                plans.append((FULL, False))  # what channels_last buys
-            names = [f"{variant}{'' if channels_last else ' | contiguous'}" for variant, channels_last in plans]
-            print(f"== {backbone} | {mode}: {', '.join(names)} in turns", flush=True)
+            plans = plans_for(mode)
+            print(f"== {backbone} | {mode}: {'; '.join(plan.name for plan in plans)}; in turns", flush=True)
             results = in_fresh_process(
                 measure, backbone=backbone, plans=plans, device=args.device, batches=batches, mode=mode,
                 warmup=args.warmup, repeats=args.repeats, threads=args.threads,
             )
-            for (variant, channels_last), name, result in zip(plans, names, results):
+            for plan, result in zip(plans, results):
                 result["peak_memory_mb"] = in_fresh_process(
-                    peak_memory, backbone=backbone, variant=variant, channels_last=channels_last, device=args.device,
-                    batches=batches, mode=mode, threads=args.threads,
+                    peak_memory, backbone=backbone, plan=plan, device=args.device, batches=batches, mode=mode, threads=args.threads
                 )
-                result.update(backbone=backbone, variant=variant, mode=mode, channels_last=channels_last)
+                result.update(backbone=backbone, mode=mode, **plan._asdict())
                 runs.append(result)
                 cells = ", ".join(
                     f"batch {b}: {r['median_s'] * 1e3:.0f} ms ({r['images_per_s']:.2f} img/s, {r['achieved_gflops_per_s']:.0f} GFLOP/s)"
                     for b, r in result["batches"].items()
                 )
-                print(f"   {name}: {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MB", flush=True)
+                print(f"   {plan.name}: {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MB", flush=True)
             full, bare = results[0]["batches"], results[1]["batches"]
             entry = {
                 # time(Nq 1, w/o MMP) / time(full), paired per repeat, turned into full / bare
                 f"multi_mask_latency_ratio_batch_{b}": 1 / bare[b]["median_ratio_to_first"] for b in full
             }
-            if len(results) == 3:
-                entry.update({f"channels_last_speedup_batch_{b}": results[2]["batches"][b]["median_ratio_to_first"] for b in full})
-            if mode == "fp32" and "8" in full:
+            # time(without the optimisation) / time(with it), paired per repeat
+            gain = "compile_speedup" if plans[2].channels_last else "channels_last_speedup"
+            entry.update({f"{gain}_batch_{b}": results[2]["batches"][b]["median_ratio_to_first"] for b in full})
+            if mode.startswith("fp32") and "8" in full:
                 entry["fraction_of_matmul_flops_batch_8"] = full["8"]["achieved_gflops_per_s"] / reference["fp32_matmul_gflops_per_s"]
             if mode.startswith("bf16") and "bf16_matmul_gflops_per_s" in reference:
                 largest = full[str(max(batches))]
                 entry[f"fraction_of_bf16_matmul_flops_batch_{max(batches)}"] = largest["achieved_gflops_per_s"] / reference["bf16_matmul_gflops_per_s"]
+                if "bf16_datasheet_peak_gflops_per_s" in reference:
+                    entry[f"fraction_of_bf16_datasheet_peak_batch_{max(batches)}"] = (
+                        largest["achieved_gflops_per_s"] / reference["bf16_datasheet_peak_gflops_per_s"]
+                    )
             summary[f"{backbone} {mode}"] = entry
             print("   " + "; ".join(f"{key} {value:.3f}" for key, value in entry.items()), flush=True)
 
