@@ -89,9 +89,46 @@ def _forward(model, config, batch: int, mode: str, device: torch.device, plan: P
     return step
 
 
-def measure(*, backbone: str, plans: list[Plan], device: str, batches: list[int], mode: str, warmup: int, repeats: int, threads: int) -> list[dict]:
+def _decode(model, config, batch: int, mode: str, device: torch.device, plan: Plan):
+    """``decode`` alone, on image features encoded once: everything where the variants differ."""
+    images, tokens = inputs(config, batch, device)
+    if plan.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+    with torch.inference_mode(), autocast:
+        visual = model.encode_image(images)
+
+    def step():
+        with torch.inference_mode(), autocast:
+            return model.decode(visual, tokens)["logits"]
+
+    return step
+
+
+def _in_turns(steps: list, device: torch.device, *, warmup: int, repeats: int) -> list[list[float]]:
+    """Seconds of each step per repeat, the steps taking turns (forward order, then backward)."""
+    for step in steps:
+        for _ in range(warmup):
+            step()
+    sync(device)
+    times = [[] for _ in steps]
+    for repeat in range(repeats):
+        order = range(len(steps)) if repeat % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            start = time.perf_counter()
+            steps[i]()
+            sync(device)
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def measure(
+    *, backbone: str, plans: list[Plan], device: str, batches: list[int], mode: str, warmup: int, repeats: int, decode_repeats: int, threads: int
+) -> list[dict]:
     """Times ``plans`` in turns in this process: the median seconds of each at each batch size,
-    and per repeat the time of each plan over the first plan's."""
+    and per repeat the time of each plan over the first plan's. The first two plans (full and
+    Nq 1 w/o MMP) also time ``decode`` alone, ``decode_repeats`` times, which pins the cost of
+    the multi-mask machinery far more tightly than whole forward passes can."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
@@ -99,18 +136,9 @@ def measure(*, backbone: str, plans: list[Plan], device: str, batches: list[int]
     results = [{"gflops_per_image": gflops, "batches": {}} for _, _, gflops in prepared]
     for batch in batches:
         steps = [_forward(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared, plans)]
-        for step in steps:
-            for _ in range(warmup):
-                step()
-        sync(device)
-        times = [[] for _ in steps]
-        for repeat in range(repeats):
-            order = range(len(steps)) if repeat % 2 == 0 else reversed(range(len(steps)))
-            for i in order:
-                start = time.perf_counter()
-                steps[i]()
-                sync(device)
-                times[i].append(time.perf_counter() - start)
+        times = _in_turns(steps, device, warmup=warmup, repeats=repeats)
+        decodes = [_decode(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared[:2], plans[:2])]
+        decode_times = _in_turns(decodes, device, warmup=warmup, repeats=decode_repeats)
         for i, result in enumerate(results):
             seconds = statistics.median(times[i])
             result["batches"][str(batch)] = {
@@ -121,6 +149,9 @@ def measure(*, backbone: str, plans: list[Plan], device: str, batches: list[int]
                 # paired with the first plan's run of the same repeat
                 "median_ratio_to_first": statistics.median(t / t0 for t, t0 in zip(times[i], times[0])),
             }
+            if i < len(decode_times):
+                result["batches"][str(batch)]["decode_median_s"] = statistics.median(decode_times[i])
+                result["batches"][str(batch)]["decode_times_s"] = decode_times[i]
     return results
 
 
@@ -142,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         "--modes", nargs="+", choices=["fp32", "fp32+compile", "bf16", "bf16+compile"],
         help="default: fp32 on a CPU; fp32, bf16 and bf16+compile on a GPU",
     )
+    parser.add_argument("--decode-repeats", type=int, default=15, help="timed decode-only runs of the full model and Nq 1 w/o MMP (default 15)")
     parser.add_argument("--peak-bf16-tflops", type=float, help="the GPU's dense bf16 peak, where the built-in datasheet table lacks it")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -164,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== {backbone} | {mode}: {'; '.join(plan.name for plan in plans)}; in turns", flush=True)
             results = in_fresh_process(
                 measure, backbone=backbone, plans=plans, device=args.device, batches=batches, mode=mode,
-                warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                warmup=args.warmup, repeats=args.repeats, decode_repeats=args.decode_repeats, threads=args.threads,
             )
             for plan, result in zip(plans, results):
                 result["peak_memory_mb"] = in_fresh_process(
@@ -182,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                 # time(Nq 1, w/o MMP) / time(full), paired per repeat, turned into full / bare
                 f"multi_mask_latency_ratio_batch_{b}": 1 / bare[b]["median_ratio_to_first"] for b in full
             }
+            # the same cost from decode alone, as a share of the full model's forward pass
+            entry.update({f"multi_mask_decode_overhead_share_batch_{b}": (full[b]["decode_median_s"] - bare[b]["decode_median_s"]) / full[b]["median_s"] for b in full})
             # time(without the optimisation) / time(with it), paired per repeat
             gain = "compile_speedup" if plans[2].channels_last else "channels_last_speedup"
             entry.update({f"{gain}_batch_{b}": results[2]["batches"][b]["median_ratio_to_first"] for b in full})

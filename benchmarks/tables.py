@@ -62,7 +62,8 @@ def _summary_keys(data: dict) -> list[str]:
 
 def _label(key: str) -> str:
     words = key.replace("_", " ")
-    for old, new in (("multi mask latency ratio", "Nq 24 / (Nq 1 w/o MMP) time,"), ("channels last speedup", "contiguous / channels_last time,"),
+    for old, new in (("multi mask latency ratio", "Nq 24 / (Nq 1 w/o MMP) time,"),
+                     ("multi mask decode overhead share", "decode(Nq 24) - decode(Nq 1 w/o MMP), share of the forward,"), ("channels last speedup", "contiguous / channels_last time,"),
                      ("compile speedup", "eager / compiled time,"),
                      ("fraction of matmul flops", "share of fp32 matmul FLOP/s,"), ("fraction of bf16 matmul flops", "share of bf16 matmul FLOP/s,"),
                      ("fraction of bf16 datasheet peak", "share of the datasheet bf16 peak,")):
