@@ -8,9 +8,11 @@ import argparse
 import multiprocessing
 import os
 import platform
+import queue as queue_module
 import resource
 import statistics
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -96,14 +98,17 @@ def machine(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        # fp32 convolutions may run in TF32 (torch's default for cuDNN); matrix products may not
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     return info
 
 
 def _child(queue, function, kwargs) -> None:
     try:
         queue.put(("ok", function(**kwargs)))
-    except BaseException as err:  # reported to the parent, which names the configuration
-        queue.put(("error", f"{type(err).__name__}: {err}"))
+    except BaseException:  # reported to the parent, which names the configuration
+        queue.put(("error", traceback.format_exc()))
 
 
 def in_fresh_process(function: Callable[..., dict], **kwargs) -> dict:
@@ -112,7 +117,13 @@ def in_fresh_process(function: Callable[..., dict], **kwargs) -> dict:
     queue = context.Queue()
     process = context.Process(target=_child, args=(queue, function, kwargs))
     process.start()
-    status, value = queue.get()
+    while True:
+        try:
+            status, value = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():  # killed (out of memory, a signal) before it could report
+                raise RuntimeError(f"{function.__name__}({kwargs}) died with exit code {process.exitcode}") from None
     process.join()
     if status != "ok":
         raise RuntimeError(f"{function.__name__}({kwargs}) failed: {value}")

@@ -36,7 +36,10 @@ FULL, BARE = VARIANTS  # "full (Nq 24)", "Nq 1, w/o MMP"
 
 # Dense bf16 tensor-core peaks from the makers' datasheets (TFLOP/s, no sparsity), by a piece of
 # the name torch reports; --peak-bf16-tflops gives it for any other GPU.
-DATASHEET_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "A100": 312.0}
+# The first key found in the name wins, so the NVL cards come before their SXM siblings.
+DATASHEET_BF16_TFLOPS = {
+    "H200 NVL": 835.5, "H200": 989.4, "H100 NVL": 835.5, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0,
+}
 
 
 def datasheet_bf16_tflops(gpu: str) -> float | None:
@@ -64,12 +67,12 @@ def plans_for(mode: str) -> list[Plan]:
     return plans
 
 
-def _prepare(backbone: str, plan: Plan, device: torch.device):
-    """The model, its config and its FLOPs per image, as ``plan`` says."""
+def _prepare(backbone: str, plan: Plan, device: torch.device, *, count_flops: bool = True):
+    """The model, its config and its FLOPs per image (or None), as ``plan`` says."""
     from mmnet.info import model_figures
 
     model, config = build(backbone, VARIANTS[plan.variant], device, channels_last=plan.channels_last)
-    gflops = model_figures(model, config)["total"]["gflops"]  # per image, fp32 graph
+    gflops = model_figures(model, config)["total"]["gflops"] if count_flops else None  # per image, fp32 graph
     model.eval()
     if plan.compiled:
         model.compile()
@@ -156,11 +159,12 @@ def measure(
 
 
 def peak_memory(*, backbone: str, plan: Plan, device: str, batches: list[int], mode: str, threads: int) -> float:
-    """Peak memory (MB) of a fresh process that runs one forward at each batch size."""
+    """Peak memory (MB) of a fresh process that runs one forward at each batch size: the largest
+    batch's, in effect. FLOPs are not counted here, as that forward keeps every attention matrix."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    model, config, _ = _prepare(backbone, plan, device)
+    model, config, _ = _prepare(backbone, plan, device, count_flops=False)
     for batch in batches:
         _forward(model, config, batch, mode, device, plan)()
     sync(device)
@@ -176,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-repeats", type=int, default=15, help="timed decode-only runs of the full model and Nq 1 w/o MMP (default 15)")
     parser.add_argument("--peak-bf16-tflops", type=float, help="the GPU's dense bf16 peak, where the built-in datasheet table lacks it")
     args = parser.parse_args(argv)
+    if args.threads:  # here too, for the reference and the machine record
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches = args.batches or ([1, 8] if device.type == "cpu" else [1, 8, 32])
     modes = args.modes or (["fp32"] if device.type == "cpu" else ["fp32", "bf16", "bf16+compile"])

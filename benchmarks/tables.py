@@ -1,6 +1,6 @@
 """The tables of docs/performance.md, from the JSON the speed benchmarks wrote.
 
-    python benchmarks/tables.py                  # benchmarks/results/{inference,train_step}_cpu.json
+    python benchmarks/tables.py                  # benchmarks/results/{inference,train_step}_cpu*.json
     python benchmarks/tables.py --device cuda
 """
 
@@ -26,7 +26,8 @@ def _machine(data: dict) -> str:
     machine = data["machine"]
     where = machine.get("gpu") or f"{machine['cores']}-core {machine['processor']} CPU, {machine['torch_threads']} torch threads"
     settings = data["settings"]
-    return f"{where}; torch {machine['torch']}; median of {settings['repeats']} after {settings['warmup']} warm-up"
+    decode = f" (decode alone: of {settings['decode_repeats']})" if "decode_repeats" in settings else ""
+    return f"{where}; torch {machine['torch']}; median of {settings['repeats']}{decode} after {settings['warmup']} warm-up"
 
 
 def inference_tables(data: dict) -> str:
@@ -36,7 +37,7 @@ def inference_tables(data: dict) -> str:
         + ", ".join(f"{REFERENCES.get(key, key)} {value:.1f} GFLOP/s" for key, value in reference.items())
         + ".",
         "",
-        "| backbone | mode | model | GFLOPs / image | " + " | ".join(f"batch {b}" for b in data["runs"][0]["batches"]) + " | peak memory |",
+        "| backbone | mode | model | GFLOPs / image | " + " | ".join(f"batch {b}" for b in data["runs"][0]["batches"]) + " | peak memory (largest batch) |",
         "| --- | --- | --- | --- | " + " | ".join("---" for _ in data["runs"][0]["batches"]) + " | --- |",
     ]
     for run in data["runs"]:
@@ -92,11 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = REPO / "benchmarks" / "results"
     for name, table in (("inference", inference_tables), ("train_step", train_table)):
-        path = results / f"{name}_{args.device}.json"
-        if path.is_file():
+        # the default output first, then any written with --out beside it (e.g. inference_cpu_compile.json)
+        paths = sorted(results.glob(f"{name}_{args.device}*.json"), key=lambda p: (p.stem != f"{name}_{args.device}", p.name))
+        for path in paths:
             print(f"### {path.relative_to(REPO)}\n\n{table(json.loads(path.read_text()))}\n")
-        else:
-            print(f"### {path.relative_to(REPO)}: not there yet; run benchmarks/{name}.py{' --device cuda' if args.device == 'cuda' else ''}\n")
+        if not paths:
+            print(f"### {name}_{args.device}.json: not there yet; run benchmarks/{name}.py{' --device cuda' if args.device == 'cuda' else ''}\n")
 
 
 if __name__ == "__main__":

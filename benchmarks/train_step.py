@@ -55,6 +55,8 @@ def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool,
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, name="train_step", batches_help="default: 4 on a CPU, 8 32 on a GPU", warmup=1, repeats=3)
     args = parser.parse_args(argv)
+    if args.threads:  # here too, for the reference and the machine record
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batches = args.batches or ([4] if device.type == "cpu" else [8, 32])
     bf16 = device.type == "cuda"

@@ -93,11 +93,20 @@ def read_config(directory: Path) -> Config:
         raise CheckpointError(message if str(path) in message else f"{path}: {message}") from None
 
 
+# Weights that earlier versions of the model had and that never changed an output: the
+# estimator's score bias is one offset shared by every query under a softmax (Eq. 15).
+OBSOLETE_KEYS = ("estimator.score.bias",)
+
+
 def load_weights(model: nn.Module, directory: Path) -> None:
     """Loads ``model.safetensors`` strictly, naming the file and the first mismatch when it does not fit."""
     path = directory / MODEL_FILE
     weights, _ = read_state_dict(path)
-    problems = mismatches(weights, model.state_dict())
+    expected = model.state_dict()
+    for key in OBSOLETE_KEYS:
+        if key in weights and key not in expected:
+            del weights[key]
+    problems = mismatches(weights, expected)
     if problems:
         raise CheckpointError(f"{path} does not fit this model: " + "; ".join(problems))
     model.load_state_dict(weights)

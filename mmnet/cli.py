@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, help="probability above which a pixel is the object (default: the checkpoint's eval.threshold)")
     predict.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     predict.add_argument(
-        "--compile", action="store_true", default=None,
-        help="torch.compile the model first: slower to start, faster per image (default: the checkpoint's eval.compile)",
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the model first; the first prediction waits for the compiler (default: the checkpoint's eval.compile)",
     )
     predict.set_defaults(func=_run("mmnet.predictor", "run_predict"))
 

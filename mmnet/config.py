@@ -130,9 +130,9 @@ class EvalConfig:
     """Probability above which a pixel belongs to the object."""
     batch_size: int = 16
     compile: bool = False
-    """torch.compile the model before evaluating or predicting (`MMNet.compile`): the first batch
-    of each new shape waits for the compilation, the rest run faster; worth it for whole splits
-    on a GPU."""
+    """torch.compile the model (`MMNet.compile`) in `mmnet eval`, `mmnet predict` and the
+    predictor; validation during training stays eager. The first batch of each new shape waits
+    for the compiler; docs/performance.md has what it gains where it was measured."""
 
     def validate(self) -> None:
         if not 0 < self.threshold < 1:

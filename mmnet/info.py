@@ -26,7 +26,8 @@ def model_figures(model: MMNet, config: ModelConfig) -> dict:
     """Parameters and forward FLOPs (two per multiply-add; matrix products, convolutions and
     attention) of each part, for one image and one expression of the full length."""
     model.eval()
-    images, tokens = dummy_inputs(config)
+    device = next(model.parameters()).device
+    images, tokens = (t.to(device) for t in dummy_inputs(config))
     counter = FlopCounterMode(display=False)
     # The fused attention kernels have no FLOP formula; the math one is counted as its products.
     # Gradients stay on so that nn.MultiheadAttention takes scaled_dot_product_attention too.

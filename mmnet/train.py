@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from mmnet import distributed
 from mmnet.build import build_mmnet
 from mmnet.checkpoint import (
+    STATE_FILE,
     CheckpointError,
     find_checkpoint,
     load_state,
@@ -203,7 +204,10 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
         saved = load_state(directory)
         _check_resumable(read_config(directory), config, directory, saved_world=len(saved["rng"]), world=ctx.world_size)
         load_weights(model, directory)
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            optimizer.load_state_dict(saved["optimizer"])
+        except ValueError as err:  # another number or order of parameters than this model's
+            raise CheckpointError(f"{directory / STATE_FILE}: its optimizer state does not fit this model ({err})") from None
         scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**saved["train_state"])
         set_rng_state(saved["rng"][ctx.rank])

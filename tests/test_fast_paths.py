@@ -79,8 +79,9 @@ def _recording_backend(graphs: list):
     return backend
 
 
-def test_compile_compiles_every_part_and_keeps_the_outputs_of_forward_encode_and_decode():
-    model = with_distinct_queries(build_tiny("ViT-tiny", num_queries=5)).eval()
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_compile_compiles_every_part_and_keeps_the_outputs_of_forward_encode_and_decode(backbone):
+    model = with_distinct_queries(build_tiny(backbone, num_queries=5)).eval()
     images, tokens = random_images(3), tokens_for(TEXTS)
     with torch.no_grad():
         reference = model(images, tokens)
@@ -151,3 +152,40 @@ def test_every_attention_runs_through_scaled_dot_product_attention(monkeypatch, 
     model(random_images(3), tokens_for(TEXTS))
     assert calls["attention"] > 0
     assert calls["sdpa"] == calls["attention"] + pools
+
+
+@pytest.mark.parametrize("flag,compiled", [([], True), (["--no-compile"], False), (["--compile"], True)])
+def test_predict_command_compiles_as_eval_compile_says_unless_told_otherwise(monkeypatch, tmp_path, flag, compiled):
+    import numpy as np
+    from PIL import Image
+
+    from mmnet.cli import main
+
+    Predictor(build_tiny(), Config(model=tiny_model_config(), eval=EvalConfig(compile=True)), device="cpu", compile=False).save_pretrained(tmp_path / "ckpt")
+    Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    calls = []
+    monkeypatch.setattr(MMNet, "compile", lambda self, *args, **kwargs: calls.append(self))
+    main(["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "photo.png"), "--text", "the cat",
+          "--out", str(tmp_path / "out"), "--device", "cpu", *flag])
+    assert len(calls) == int(compiled)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_under_bf16_autocast_the_model_runs_and_stays_near_fp32(backbone):
+    """bf16 is the GPU path; CPU autocast runs the same ops in bf16. It cannot meet fp32
+    tolerance (8 bits of mantissa), so this pins that every op takes bf16 and the probabilities
+    stay near the fp32 ones, and that training gets finite gradients."""
+    model = with_distinct_queries(build_tiny(backbone, num_queries=5)).eval()
+    images, tokens = random_images(2), tokens_for(TEXTS[:2])
+    with torch.inference_mode():
+        reference = model(images, tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(images, tokens)
+    assert low["logits"].dtype == torch.bfloat16
+    torch.testing.assert_close(low["logits"].float().sigmoid(), reference["logits"].sigmoid(), atol=0.05, rtol=0)
+    torch.testing.assert_close(low["query_scores"].float(), reference["query_scores"], atol=0.05, rtol=0)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(images, tokens)["logits"].float().sigmoid().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -159,6 +159,25 @@ def test_missing_and_mismatched_checkpoints_are_clear_errors(tmp_path):
         Predictor.from_pretrained(tmp_path / "other")
 
 
+def test_a_checkpoint_with_the_obsolete_estimator_score_bias_loads_with_equal_outputs(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    predictor = tiny_predictor()
+    predictor.save_pretrained(tmp_path / "ckpt")
+    weights = load_file(tmp_path / "ckpt" / "model.safetensors")
+    assert "estimator.score.bias" not in weights
+    weights["estimator.score.bias"] = torch.tensor([0.7])  # as earlier versions saved it
+    save_file(weights, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
+    loaded = Predictor.from_pretrained(tmp_path / "ckpt", device="cpu")
+    image = picture()
+    np.testing.assert_array_equal(loaded.predict(image, TEXTS[0]).probability, predictor.predict(image, TEXTS[0]).probability)
+    # any other key the model lacks is still refused
+    weights["decoder.extra"] = torch.zeros(1)
+    save_file(weights, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"does not fit this model.*decoder.extra"):
+        Predictor.from_pretrained(tmp_path / "ckpt", device="cpu")
+
+
 def test_bad_images_and_expressions_are_clear_errors(tmp_path):
     predictor = tiny_predictor()
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

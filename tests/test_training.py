@@ -226,6 +226,18 @@ def test_resume_refuses_a_checkpoint_of_another_model(synth_root, tmp_path):
         train(other, device="cpu", resume="auto")
 
 
+def test_resume_refuses_an_optimizer_state_that_does_not_fit_naming_the_file(synth_root, tmp_path):
+    # As a version of the model with one more parameter tensor would have left it.
+    config = tiny_run_config(synth_root, tmp_path / "run")
+    train(config, device="cpu", stop_after_epochs=1)
+    path = find_checkpoint(tmp_path / "run" / "last") / "state.pt"
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["param_groups"][-1]["params"].append(10_000)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"last/state.pt: its optimizer state does not fit this model"):
+        train(config, device="cpu", resume="auto")
+
+
 def test_two_processes_under_torchrun(synth_root, tmp_path):
     # Micro-batches of 1 on 2 processes accumulate twice per step of 4: no_sync is exercised.
     config = tiny_run_config(synth_root, tmp_path / "ddp", epochs=3, batch_size=4, micro_batch_size=1, lr=3e-3)
