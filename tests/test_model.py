@@ -250,3 +250,15 @@ def test_rn50_at_480_has_the_tensor_shapes_of_docs_model_md():
     assert tuple(seen["f_s"].shape) == (2, c, 30, 30)
     assert tuple(seen["f_p"].shape) == (2, c // 2, 120, 120)
     assert tuple(out["query_masks"].shape) == (2, 24, 120, 120) and tuple(out["logits"].shape) == (2, 1, 120, 120)
+
+
+@pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
+@pytest.mark.parametrize("seeds", [(0, 0), (4, 2)])
+def test_the_distinct_queries_helper_makes_the_queries_differ(backbone, seeds):
+    """Tests that tell queries apart rely on it: their word weights and scores must differ."""
+    model = with_distinct_queries(build_tiny(backbone, seed=seeds[0], num_queries=5), seed=seeds[1]).eval()
+    with torch.no_grad():
+        out = model(random_images(2), tokens_for(["the blue triangle", "sandwich by fork"]))
+    attention, scores = out["word_attention"], out["query_scores"]
+    assert (attention[:, 0] - attention[:, 1]).abs().amax() > 0.05
+    assert (scores.amax(dim=1) - scores.amin(dim=1)).min() > 0.05

@@ -10,6 +10,7 @@ import torch
 from mmnet.build import build_mmnet
 from mmnet.config import ModelConfig
 from mmnet.modeling import MMNet
+from mmnet.modeling.image_encoder import ViTImageEncoder
 
 TINY_IMAGE_SIZE = 64
 
@@ -51,12 +52,17 @@ def with_distinct_queries(model: MMNet, *, seed: int = 0) -> MMNet:
     the words, and MHSA in Eq. 15 then averages them again: all scores equal 1/N_q. A test that
     must tell the queries apart needs them to differ; this gives them that, deterministically.
     """
+    # The ViT tower's features are larger: at 0.5 its word weights saturate on one word, the
+    # same for every query, and the queries are equal again; at 0.25 they differ, but by less, so
+    # the estimator needs a larger push for its scores to differ.
+    vit = isinstance(model.image_encoder, ViTImageEncoder)
+    scale, estimator_scale = (0.25, 1.5) if vit else (0.5, 1.0)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.query_generator.named_parameters():
             if not name.startswith(("dense_neck", "proj_tv")):
-                p.add_(0.5 * torch.randn(p.shape, generator=generator))
+                p.add_(scale * torch.randn(p.shape, generator=generator))
         if model.estimator is not None:
             for p in model.estimator.parameters():
-                p.add_(torch.randn(p.shape, generator=generator))
+                p.add_(estimator_scale * torch.randn(p.shape, generator=generator))
     return model
