@@ -108,10 +108,16 @@ def _decode(model, config, batch: int, mode: str, device: torch.device, plan: Pl
     return step
 
 
-def _in_turns(steps: list, device: torch.device, *, warmup: int, repeats: int) -> list[list[float]]:
-    """Seconds of each step per repeat, the steps taking turns (forward order, then backward)."""
+def _in_turns(steps: list, device: torch.device, *, warmup: int, repeats: int) -> tuple[list[list[float]], list[float]]:
+    """Seconds of each step per repeat, the steps taking turns (forward order, then backward),
+    and the seconds of each step's first call (a compiled model's includes the compiler)."""
+    first = []
     for step in steps:
-        for _ in range(warmup):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        first.append(time.perf_counter() - start)
+        for _ in range(warmup - 1):
             step()
     sync(device)
     times = [[] for _ in steps]
@@ -122,7 +128,7 @@ def _in_turns(steps: list, device: torch.device, *, warmup: int, repeats: int) -
             steps[i]()
             sync(device)
             times[i].append(time.perf_counter() - start)
-    return times
+    return times, first
 
 
 def measure(
@@ -139,9 +145,9 @@ def measure(
     results = [{"gflops_per_image": gflops, "batches": {}} for _, _, gflops in prepared]
     for batch in batches:
         steps = [_forward(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared, plans)]
-        times = _in_turns(steps, device, warmup=warmup, repeats=repeats)
+        times, first_calls = _in_turns(steps, device, warmup=max(warmup, 1), repeats=repeats)
         decodes = [_decode(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared[:2], plans[:2])]
-        decode_times = _in_turns(decodes, device, warmup=warmup, repeats=decode_repeats)
+        decode_times, _ = _in_turns(decodes, device, warmup=max(warmup, 1), repeats=decode_repeats)
         for i, result in enumerate(results):
             seconds = statistics.median(times[i])
             result["batches"][str(batch)] = {
@@ -151,6 +157,7 @@ def measure(
                 "achieved_gflops_per_s": result["gflops_per_image"] * batch / seconds,
                 # paired with the first plan's run of the same repeat
                 "median_ratio_to_first": statistics.median(t / t0 for t, t0 in zip(times[i], times[0])),
+                "first_call_s": first_calls[i],
             }
             if i < len(decode_times):
                 result["batches"][str(batch)]["decode_median_s"] = statistics.median(decode_times[i])
@@ -169,6 +176,36 @@ def peak_memory(*, backbone: str, plan: Plan, device: str, batches: list[int], m
         _forward(model, config, batch, mode, device, plan)()
     sync(device)
     return peak_memory_mb(device)
+
+
+def summarize(results: list[dict], plans: list[Plan], mode: str, reference: dict) -> dict:
+    """The ratios and shares of one backbone and mode, from the timings of its plans."""
+    full, bare = results[0]["batches"], results[1]["batches"]
+    entry = {
+        # time(Nq 1, w/o MMP) / time(full), paired per repeat, turned into full / bare
+        f"multi_mask_latency_ratio_batch_{b}": 1 / bare[b]["median_ratio_to_first"] for b in full
+    }
+    # the same cost from decode alone, paired per round, as a share of the full forward pass
+    entry.update({
+        f"multi_mask_decode_overhead_share_batch_{b}": statistics.median(
+            t - t0 for t, t0 in zip(full[b]["decode_times_s"], bare[b]["decode_times_s"])
+        ) / full[b]["median_s"]
+        for b in full
+    })
+    # time(without the optimisation) / time(with it), paired per repeat
+    gain = "compile_speedup" if plans[2].channels_last else "channels_last_speedup"
+    entry.update({f"{gain}_batch_{b}": results[2]["batches"][b]["median_ratio_to_first"] for b in full})
+    if plans[0].compiled:
+        entry.update({f"first_call_s_compiled_batch_{b}": full[b]["first_call_s"] for b in full if "first_call_s" in full[b]})
+    largest = str(max(int(b) for b in full))
+    if mode.startswith("fp32") and "8" in full:
+        entry["fraction_of_matmul_flops_batch_8"] = full["8"]["achieved_gflops_per_s"] / reference["fp32_matmul_gflops_per_s"]
+    if mode.startswith("bf16") and "bf16_matmul_gflops_per_s" in reference:
+        achieved = full[largest]["achieved_gflops_per_s"]
+        entry[f"fraction_of_bf16_matmul_flops_batch_{largest}"] = achieved / reference["bf16_matmul_gflops_per_s"]
+        if "bf16_datasheet_peak_gflops_per_s" in reference:
+            entry[f"fraction_of_bf16_datasheet_peak_batch_{largest}"] = achieved / reference["bf16_datasheet_peak_gflops_per_s"]
+    return entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,25 +252,7 @@ def main(argv: list[str] | None = None) -> None:
                     for b, r in result["batches"].items()
                 )
                 print(f"   {plan.name}: {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MB", flush=True)
-            full, bare = results[0]["batches"], results[1]["batches"]
-            entry = {
-                # time(Nq 1, w/o MMP) / time(full), paired per repeat, turned into full / bare
-                f"multi_mask_latency_ratio_batch_{b}": 1 / bare[b]["median_ratio_to_first"] for b in full
-            }
-            # the same cost from decode alone, as a share of the full model's forward pass
-            entry.update({f"multi_mask_decode_overhead_share_batch_{b}": (full[b]["decode_median_s"] - bare[b]["decode_median_s"]) / full[b]["median_s"] for b in full})
-            # time(without the optimisation) / time(with it), paired per repeat
-            gain = "compile_speedup" if plans[2].channels_last else "channels_last_speedup"
-            entry.update({f"{gain}_batch_{b}": results[2]["batches"][b]["median_ratio_to_first"] for b in full})
-            if mode.startswith("fp32") and "8" in full:
-                entry["fraction_of_matmul_flops_batch_8"] = full["8"]["achieved_gflops_per_s"] / reference["fp32_matmul_gflops_per_s"]
-            if mode.startswith("bf16") and "bf16_matmul_gflops_per_s" in reference:
-                largest = full[str(max(batches))]
-                entry[f"fraction_of_bf16_matmul_flops_batch_{max(batches)}"] = largest["achieved_gflops_per_s"] / reference["bf16_matmul_gflops_per_s"]
-                if "bf16_datasheet_peak_gflops_per_s" in reference:
-                    entry[f"fraction_of_bf16_datasheet_peak_batch_{max(batches)}"] = (
-                        largest["achieved_gflops_per_s"] / reference["bf16_datasheet_peak_gflops_per_s"]
-                    )
+            entry = summarize(results, plans, mode, reference)
             summary[f"{backbone} {mode}"] = entry
             print("   " + "; ".join(f"{key} {value:.3f}" for key, value in entry.items()), flush=True)
 

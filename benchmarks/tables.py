@@ -24,7 +24,8 @@ REFERENCES = {
 
 def _machine(data: dict) -> str:
     machine = data["machine"]
-    where = machine.get("gpu") or f"{machine['cores']}-core {machine['processor']} CPU, {machine['torch_threads']} torch threads"
+    capability = f" ({machine['cpu_capability']})" if "cpu_capability" in machine else ""
+    where = machine.get("gpu") or f"{machine['cores']}-core {machine['processor']}{capability}, {machine['torch_threads']} torch threads"
     settings = data["settings"]
     decode = f" (decode alone: of {settings['decode_repeats']})" if "decode_repeats" in settings else ""
     return f"{where}; torch {machine['torch']}; median of {settings['repeats']}{decode} after {settings['warmup']} warm-up"
@@ -65,7 +66,7 @@ def _label(key: str) -> str:
     words = key.replace("_", " ")
     for old, new in (("multi mask latency ratio", "Nq 24 / (Nq 1 w/o MMP) time,"),
                      ("multi mask decode overhead share", "decode(Nq 24) - decode(Nq 1 w/o MMP), share of the forward,"), ("channels last speedup", "contiguous / channels_last time,"),
-                     ("compile speedup", "eager / compiled time,"),
+                     ("compile speedup", "eager / compiled time,"), ("first call s compiled", "first call of the compiled model (compiler included), s,"),
                      ("fraction of matmul flops", "share of fp32 matmul FLOP/s,"), ("fraction of bf16 matmul flops", "share of bf16 matmul FLOP/s,"),
                      ("fraction of bf16 datasheet peak", "share of the datasheet bf16 peak,")):
         words = words.replace(old, new)
