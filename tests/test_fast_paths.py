@@ -59,6 +59,12 @@ def test_the_built_model_holds_its_convolutions_in_channels_last_with_unchanged_
         fast, reference = model(images, tokens), plain(images, tokens)
     for key in ("logits", "query_masks", "query_scores", "word_attention"):
         torch.testing.assert_close(fast[key], reference[key], atol=1e-4, rtol=1e-4)
+    # contiguous images, as the predictor and evaluation feed them, still run in channels_last
+    assert images.is_contiguous()
+    with torch.no_grad():
+        visual = model.encode_image(images)
+    if backbone.startswith("RN"):
+        assert all(f.is_contiguous(memory_format=torch.channels_last) for f in (visual.f_v2, visual.f_v3, visual.f_v4))
 
 
 @pytest.fixture(autouse=True)
