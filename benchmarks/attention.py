@@ -6,7 +6,7 @@ and checked to agree.
 Shapes at 480 x 480 (30 x 30 = 900 positions at stride 16), batch B:
   ViT-B-16 tower self-attention:   12 heads of 64 over 901 tokens
   decoder self-attention:          8 heads of 64 over 900 positions
-  decoder cross-attention:         900 positions onto 17 words
+  decoder cross-attention:         900 positions onto the N_q = 24 queries (Eq. 13)
   estimator (Eq. 15):              8 heads of 64 over 24 queries
 
     python benchmarks/attention.py
@@ -17,12 +17,8 @@ Results: benchmarks/results/attention_<cpu|cuda>.json, and a table on stdout.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,13 +26,13 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, sync  # noqa: E402
+from common import compare_forms, microbenchmark_arguments, write_results  # noqa: E402
 
 # name: (heads, queries, keys, head width)
 SHAPES = {
     "ViT-B-16 tower self-attention": (12, 901, 901, 64),
     "decoder self-attention": (8, 900, 900, 64),
-    "decoder cross-attention": (8, 900, 17, 64),
+    "decoder cross-attention": (8, 900, 24, 64),
     "estimator (Eq. 15)": (8, 24, 24, 64),
 }
 
@@ -56,13 +52,7 @@ def sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--out", help="JSON file (default benchmarks/results/attention_<device>.json)")
-    args = parser.parse_args(argv)
+    args = microbenchmark_arguments(__doc__, name="attention", warmup=3, repeats=15).parse_args(argv)
     device = torch.device(args.device)
     forms = {"written out": written_out, "scaled_dot_product_attention": sdpa, "its math kernel": sdpa_math}
 
@@ -72,33 +62,11 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batches:
             q = torch.randn(batch, heads, queries, width, device=device)
             k, v = (torch.randn(batch, heads, keys, width, device=device) for _ in range(2))
-            with torch.inference_mode():
-                reference = written_out(q, k, v)
-                for name, form in forms.items():
-                    torch.testing.assert_close(form(q, k, v), reference, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
-                    for _ in range(args.warmup):
-                        form(q, k, v)
-                times = {name: [] for name in forms}
-                for repeat in range(args.repeats):
-                    for name in (list(forms) if repeat % 2 == 0 else list(reversed(forms))):
-                        sync(device)
-                        start = time.perf_counter()
-                        forms[name](q, k, v)
-                        sync(device)
-                        times[name].append(time.perf_counter() - start)
-            first = times["written out"]
-            entry = {
-                name: {"median_ms": statistics.median(t) * 1e3, "times_s": t, "median_ratio_to_written_out": statistics.median(a / b for a, b in zip(t, first))}
-                for name, t in times.items()
-            }
+            entry = compare_forms(forms, (q, k, v), device, warmup=args.warmup, repeats=args.repeats)
             results[f"{shape_name}, batch {batch}"] = entry
-            cells = "; ".join(f"{name} {r['median_ms']:.2f} ms ({r['median_ratio_to_written_out']:.2f}x)" for name, r in entry.items())
+            cells = "; ".join(f"{name} {r['median_ms']:.2f} ms ({r['median_ratio_to_first']:.2f}x)" for name, r in entry.items())
             print(f"{shape_name}, batch {batch}: {cells}", flush=True)
-
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"attention_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(device), "shapes": results, "settings": vars(args)}, indent=2))
-    print(f"written: {out}")
+    write_results(args.out, "attention", device, {"shapes": results, "settings": vars(args)})
 
 
 if __name__ == "__main__":

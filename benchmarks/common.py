@@ -5,6 +5,7 @@ peak memory is its own."""
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import platform
@@ -73,6 +74,59 @@ def median_seconds(step: Callable[[], object], device: torch.device, *, warmup: 
     return statistics.median(times), times
 
 
+def in_turns(steps: list[Callable[[], object]], device: torch.device, *, warmup: int, repeats: int) -> tuple[list[list[float]], list[float]]:
+    """Seconds of each step per repeat, the steps taking turns (forward order, then backward, so
+    that a slow spell of the machine falls on all of them), and the seconds of each step's first
+    call (a compiled model's includes the compiler). ``warmup`` counts that first call."""
+    first = []
+    for step in steps:
+        start = time.perf_counter()
+        step()
+        sync(device)
+        first.append(time.perf_counter() - start)
+        for _ in range(warmup - 1):
+            step()
+    sync(device)
+    times: list[list[float]] = [[] for _ in steps]
+    for repeat in range(repeats):
+        order = range(len(steps)) if repeat % 2 == 0 else reversed(range(len(steps)))
+        for i in order:
+            start = time.perf_counter()
+            steps[i]()
+            sync(device)
+            times[i].append(time.perf_counter() - start)
+    return times, first
+
+
+def compare_forms(forms: dict[str, Callable], inputs: tuple, device: torch.device, *, warmup: int, repeats: int) -> dict:
+    """Checks that every form gives the first one's output on ``inputs``, then times them in
+    turns: per form the median milliseconds, every timing, and the median of its per-round ratio
+    to the first form."""
+    with torch.inference_mode():
+        reference = next(iter(forms.values()))(*inputs)
+        for name, form in forms.items():
+            torch.testing.assert_close(form(*inputs), reference, atol=1e-4, rtol=1e-4, msg=lambda message: f"{name}: {message}")
+        times, _ = in_turns([lambda form=form: form(*inputs) for form in forms.values()], device, warmup=warmup, repeats=repeats)
+    return {
+        name: {
+            "median_ms": statistics.median(t) * 1e3,
+            "times_s": t,
+            "median_ratio_to_first": statistics.median(a / b for a, b in zip(t, times[0])),
+        }
+        for name, t in zip(forms, times)
+    }
+
+
+def write_results(out: str | None, name: str, device: torch.device, results: dict) -> Path:
+    """Writes ``results`` with a record of the machine to ``out``, or to
+    benchmarks/results/<name>_<device>.json."""
+    path = Path(out or REPO / "benchmarks" / "results" / f"{name}_{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(device), **results}, indent=2))
+    print(f"written: {path}")
+    return path
+
+
 def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 4096, repeats: int = 5) -> float:
     """FLOP/s of a large square matrix product: what the machine reaches on the easiest work."""
     a = torch.randn(size, size, device=device, dtype=dtype)
@@ -137,6 +191,17 @@ def in_fresh_process(function: Callable[..., dict], **kwargs) -> dict:
     if status != "ok":
         raise RuntimeError(f"{function.__name__}({kwargs}) failed: {value}")
     return value
+
+
+def microbenchmark_arguments(doc: str, *, name: str, warmup: int, repeats: int) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time forms of one operation against each other."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", help=f"JSON file (default benchmarks/results/{name}_<device>.json)")
+    return parser
 
 
 def arguments(doc: str, *, name: str, batches_help: str, warmup: int, repeats: int) -> argparse.ArgumentParser:

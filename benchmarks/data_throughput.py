@@ -28,7 +28,6 @@ from mmnet.data.images import load_image
 from mmnet.data.refer import ReferIndex
 from mmnet.data.synth import write_synthetic
 from mmnet.data.tokenizer import tokenize
-from mmnet.data.transforms import Letterbox
 
 WIDTH, HEIGHT = 640, 480
 

@@ -12,18 +12,14 @@ Results: benchmarks/results/dynamic_conv_<cpu|cuda>.json, and a table on stdout.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, sync  # noqa: E402
+from common import compare_forms, microbenchmark_arguments, write_results  # noqa: E402
 
 
 def grouped(f_p: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -47,13 +43,7 @@ def per_query(f_p: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--out", help="JSON file (default benchmarks/results/dynamic_conv_<device>.json)")
-    args = parser.parse_args(argv)
+    args = microbenchmark_arguments(__doc__, name="dynamic_conv", warmup=2, repeats=9).parse_args(argv)
     device = torch.device(args.device)
     forms = {"grouped convolution": grouped, "one convolution per query": per_query, "shifted copies and bmm (ONNX)": _dynamic_conv_by_patches}
 
@@ -62,36 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     for batch in args.batches:
         f_p = torch.randn(batch, 256, 120, 120, device=device)
         params = torch.relu(torch.randn(batch, 24, 9 * 256 + 1, device=device)) / 48
-        with torch.inference_mode():
-            reference = grouped(f_p, params)
-            for name, form in forms.items():
-                torch.testing.assert_close(form(f_p, params), reference, atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
-                for _ in range(args.warmup):
-                    form(f_p, params)
-            times = {name: [] for name in forms}
-            for repeat in range(args.repeats):  # in turns, the order reversed every other round
-                for name in (list(forms) if repeat % 2 == 0 else list(reversed(forms))):
-                    sync(device)
-                    start = time.perf_counter()
-                    forms[name](f_p, params)
-                    sync(device)
-                    times[name].append(time.perf_counter() - start)
-        first = times["grouped convolution"]
-        results[str(batch)] = {
-            name: {
-                "median_ms": statistics.median(t) * 1e3,
-                "times_s": t,
-                "median_ratio_to_grouped": statistics.median(a / b for a, b in zip(t, first)),
-            }
-            for name, t in times.items()
-        }
-        cells = "; ".join(f"{name} {r['median_ms']:.1f} ms ({r['median_ratio_to_grouped']:.2f}x)" for name, r in results[str(batch)].items())
+        results[str(batch)] = compare_forms(forms, (f_p, params), device, warmup=args.warmup, repeats=args.repeats)
+        cells = "; ".join(f"{name} {r['median_ms']:.1f} ms ({r['median_ratio_to_first']:.2f}x)" for name, r in results[str(batch)].items())
         print(f"batch {batch}, N_q 24, 256 x 120 x 120: {cells}", flush=True)
-
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"dynamic_conv_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(device), "batches": results, "settings": vars(args)}, indent=2))
-    print(f"written: {out}")
+    write_results(args.out, "dynamic_conv", device, {"batches": results, "settings": vars(args)})
 
 
 if __name__ == "__main__":

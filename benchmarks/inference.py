@@ -14,6 +14,7 @@ each batch size.
     python benchmarks/inference.py --device cuda            # GPU: fp32, bf16, bf16 + torch.compile
     python benchmarks/inference.py --backbones ViT-B-16 --repeats 3 --batches 1
     python benchmarks/inference.py --backbones RN50 --modes fp32+compile --out benchmarks/results/inference_cpu_compile.json
+    python benchmarks/inference.py --resummarize benchmarks/results/inference_cpu.json
 
 Results: benchmarks/results/inference_<cpu|cuda>.json, and a table on stdout.
 """
@@ -23,14 +24,13 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, arguments, VARIANTS, build, in_fresh_process, inputs, machine, matmul_flops, peak_memory_mb, sync  # noqa: E402
+from common import VARIANTS, arguments, build, in_fresh_process, in_turns, inputs, matmul_flops, peak_memory_mb, sync, write_results  # noqa: E402
 
 FULL, BARE = VARIANTS  # "full (Nq 24)", "Nq 1, w/o MMP"
 
@@ -108,29 +108,6 @@ def _decode(model, config, batch: int, mode: str, device: torch.device, plan: Pl
     return step
 
 
-def _in_turns(steps: list, device: torch.device, *, warmup: int, repeats: int) -> tuple[list[list[float]], list[float]]:
-    """Seconds of each step per repeat, the steps taking turns (forward order, then backward),
-    and the seconds of each step's first call (a compiled model's includes the compiler)."""
-    first = []
-    for step in steps:
-        start = time.perf_counter()
-        step()
-        sync(device)
-        first.append(time.perf_counter() - start)
-        for _ in range(warmup - 1):
-            step()
-    sync(device)
-    times = [[] for _ in steps]
-    for repeat in range(repeats):
-        order = range(len(steps)) if repeat % 2 == 0 else reversed(range(len(steps)))
-        for i in order:
-            start = time.perf_counter()
-            steps[i]()
-            sync(device)
-            times[i].append(time.perf_counter() - start)
-    return times, first
-
-
 def measure(
     *, backbone: str, plans: list[Plan], device: str, batches: list[int], mode: str, warmup: int, repeats: int, decode_repeats: int, threads: int
 ) -> list[dict]:
@@ -145,9 +122,9 @@ def measure(
     results = [{"gflops_per_image": gflops, "batches": {}} for _, _, gflops in prepared]
     for batch in batches:
         steps = [_forward(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared, plans)]
-        times, first_calls = _in_turns(steps, device, warmup=max(warmup, 1), repeats=repeats)
+        times, first_calls = in_turns(steps, device, warmup=max(warmup, 1), repeats=repeats)
         decodes = [_decode(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared[:2], plans[:2])]
-        decode_times, _ = _in_turns(decodes, device, warmup=max(warmup, 1), repeats=decode_repeats)
+        decode_times, _ = in_turns(decodes, device, warmup=max(warmup, 1), repeats=decode_repeats)
         for i, result in enumerate(results):
             seconds = statistics.median(times[i])
             result["batches"][str(batch)] = {
@@ -166,7 +143,7 @@ def measure(
 
 
 def peak_memory(*, backbone: str, plan: Plan, device: str, batches: list[int], mode: str, threads: int) -> float:
-    """Peak memory (MB) of a fresh process that runs one forward at each batch size: the largest
+    """Peak memory (MiB) of a fresh process that runs one forward at each batch size: the largest
     batch's, in effect. FLOPs are not counted here, as that forward keeps every attention matrix."""
     if threads:
         torch.set_num_threads(threads)
@@ -208,6 +185,18 @@ def summarize(results: list[dict], plans: list[Plan], mode: str, reference: dict
     return entry
 
 
+def resummarize(path: Path) -> None:
+    """Recomputes the summary of a results file with ``summarize``, from the timings it holds."""
+    data = json.loads(path.read_text())
+    for key in data["summary"]:
+        backbone, mode = key.rsplit(" ", 1)
+        runs = [run for run in data["runs"] if run["backbone"] == backbone and run["mode"] == mode]
+        plans = [Plan(run["variant"], run["channels_last"], run.get("compiled", False)) for run in runs]
+        data["summary"][key] = summarize(runs, plans, mode, data["reference"])
+    path.write_text(json.dumps(data, indent=2))
+    print(f"summary recomputed: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, name="inference", batches_help="default: 1 8 on a CPU, 1 8 32 on a GPU", warmup=2, repeats=5)
     parser.add_argument(
@@ -216,7 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--decode-repeats", type=int, default=15, help="timed decode-only runs of the full model and Nq 1 w/o MMP (default 15)")
     parser.add_argument("--peak-bf16-tflops", type=float, help="the GPU's dense bf16 peak, where the built-in datasheet table lacks it")
+    parser.add_argument("--resummarize", metavar="JSON", help="only recompute the summary of a results file from its raw times, in place")
     args = parser.parse_args(argv)
+    if args.resummarize:
+        resummarize(Path(args.resummarize))
+        return
     if args.threads:  # here too, for the reference and the machine record
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -251,15 +244,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"batch {b}: {r['median_s'] * 1e3:.0f} ms ({r['images_per_s']:.2f} img/s, {r['achieved_gflops_per_s']:.0f} GFLOP/s)"
                     for b, r in result["batches"].items()
                 )
-                print(f"   {plan.name}: {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MB", flush=True)
+                print(f"   {plan.name}: {result['gflops_per_image']:.1f} GFLOPs/image; {cells}; peak {result['peak_memory_mb']:.0f} MiB", flush=True)
             entry = summarize(results, plans, mode, reference)
             summary[f"{backbone} {mode}"] = entry
             print("   " + "; ".join(f"{key} {value:.3f}" for key, value in entry.items()), flush=True)
 
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"inference_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(device), "reference": reference, "summary": summary, "runs": runs, "settings": vars(args)}, indent=2))
-    print(f"written: {out}")
+    write_results(args.out, "inference", device, {"reference": reference, "summary": summary, "runs": runs, "settings": vars(args)})
 
 
 if __name__ == "__main__":

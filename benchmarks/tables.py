@@ -47,7 +47,7 @@ def inference_tables(data: dict) -> str:
             f"{r['median_s'] * 1e3:.0f} ms, {r['images_per_s']:.2f} img/s, {r['achieved_gflops_per_s']:.0f} GFLOP/s"
             for r in run["batches"].values()
         ]
-        lines.append(f"| {run['backbone']} | {run['mode']} | {model} | {run['gflops_per_image']:.1f} | {' | '.join(cells)} | {run['peak_memory_mb']:.0f} MB |")
+        lines.append(f"| {run['backbone']} | {run['mode']} | {model} | {run['gflops_per_image']:.1f} | {' | '.join(cells)} | {run['peak_memory_mb']:.0f} MiB |")
     lines += ["", "| backbone, mode | " + " | ".join(_label(k) for k in _summary_keys(data)) + " |"]
     lines.append("| --- | " + " | ".join("---" for _ in _summary_keys(data)) + " |")
     for name, entry in data["summary"].items():
@@ -83,7 +83,7 @@ def train_table(data: dict) -> str:
     for run in data["runs"]:
         lines.append(
             f"| {run['backbone']} | {run['variant']} | {run['batch']} | {'bf16' if run['bf16'] else 'fp32'} | "
-            f"{run['median_s'] * 1e3:.0f} ms | {run['samples_per_s']:.2f} | {run['peak_memory_mb']:.0f} MB |"
+            f"{run['median_s'] * 1e3:.0f} ms | {run['samples_per_s']:.2f} | {run['peak_memory_mb']:.0f} MiB |"
         )
     return "\n".join(lines)
 

@@ -13,14 +13,13 @@ Results: benchmarks/results/train_step_<cpu|cuda>.json, and a table on stdout.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, arguments, VARIANTS, build, in_fresh_process, inputs, machine, median_seconds, peak_memory_mb  # noqa: E402
+from common import VARIANTS, arguments, build, in_fresh_process, inputs, median_seconds, peak_memory_mb, write_results  # noqa: E402
 
 
 def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool, warmup: int, repeats: int, threads: int) -> dict:
@@ -72,12 +71,9 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 result.update(backbone=backbone, variant=variant, batch=batch, bf16=bf16)
                 runs.append(result)
-                print(f"   {result['median_s'] * 1e3:.0f} ms a step, {result['samples_per_s']:.2f} samples/s, peak {result['peak_memory_mb']:.0f} MB", flush=True)
+                print(f"   {result['median_s'] * 1e3:.0f} ms a step, {result['samples_per_s']:.2f} samples/s, peak {result['peak_memory_mb']:.0f} MiB", flush=True)
 
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"train_step_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(device), "runs": runs, "settings": vars(args)}, indent=2))
-    print(f"written: {out}")
+    write_results(args.out, "train_step", device, {"runs": runs, "settings": vars(args)})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import torch
 from mmnet.cli import main
 from mmnet.config import Config
 from mmnet.export import OUTPUTS
-from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
 from mmnet.predictor import save_pretrained
 from mmnet.export import export_onnx
 from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
@@ -17,17 +16,6 @@ from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_
 ort = pytest.importorskip("onnxruntime")
 
 TEXTS = ["the blue triangle", "a cat", "the large square left of the red circle"]
-
-
-def test_the_patch_form_of_the_dynamic_convolution_equals_the_grouped_one():
-    projector = build_tiny().projector.eval()
-    f_s = torch.randn(3, 32, 4, 4)
-    queries = torch.randn(3, 5, 32)
-    grouped = projector(f_s, queries)
-    params = torch.relu(projector.kernel(queries))
-    patches = _dynamic_conv_by_patches(projector.pixel(f_s), params)
-    assert patches.shape == grouped.shape == (3, 5, 16, 16)
-    torch.testing.assert_close(patches, grouped, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mmnet import Predictor
 from mmnet.config import Config, EvalConfig
 from mmnet.modeling import MMNet
+from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
 from mmnet.modeling.mmnet import PARTS
 from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
 
@@ -20,7 +21,7 @@ BACKBONES = ["RN-tiny", "ViT-tiny"]
 TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square"]
 
 
-def test_the_batched_dynamic_convolution_equals_one_convolution_per_query():
+def test_the_batched_dynamic_convolution_equals_one_convolution_per_query_and_the_onnx_patch_form():
     projector = build_tiny().projector.eval()
     f_s = torch.randn(3, 32, 4, 4)
     queries = torch.randn(3, 5, 32)
@@ -41,8 +42,10 @@ def test_the_batched_dynamic_convolution_equals_one_convolution_per_query():
             for b in range(f_s.shape[0])
         ]
     )
-    assert batched.shape == looped.shape == (3, 5, 16, 16)
+    patches = _dynamic_conv_by_patches(f_p, params)  # what the ONNX export runs
+    assert batched.shape == looped.shape == patches.shape == (3, 5, 16, 16)
     torch.testing.assert_close(batched, looped, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(patches, looped, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -59,12 +62,19 @@ def test_the_built_model_holds_its_convolutions_in_channels_last_with_unchanged_
         fast, reference = model(images, tokens), plain(images, tokens)
     for key in ("logits", "query_masks", "query_scores", "word_attention"):
         torch.testing.assert_close(fast[key], reference[key], atol=1e-4, rtol=1e-4)
-    # contiguous images, as the predictor and evaluation feed them, still run in channels_last
-    assert images.is_contiguous()
-    with torch.no_grad():
-        visual = model.encode_image(images)
+    # contiguous images, as the predictor and evaluation feed them, still run the ResNet stages
+    # in channels_last: the stem's weight sets the layout and the stages keep it
     if backbone.startswith("RN"):
-        assert all(f.is_contiguous(memory_format=torch.channels_last) for f in (visual.f_v2, visual.f_v3, visual.f_v4))
+        assert images.is_contiguous()
+        stages = []
+        tower = model.image_encoder.tower
+        hooks = [stage.register_forward_hook(lambda m, i, out: stages.append(out)) for stage in (tower.layer1, tower.layer2, tower.layer3)]
+        with torch.no_grad():
+            model.encode_image(images)
+        for hook in hooks:
+            hook.remove()
+        assert len(stages) == 3
+        assert all(out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous() for out in stages)
 
 
 @pytest.fixture(autouse=True)
