@@ -61,23 +61,16 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(step: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> tuple[float, list[float]]:
-    """Median wall time of ``step`` after ``warmup`` untimed calls, and every timing."""
-    for _ in range(warmup):
-        step()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    """Median wall time of ``step`` after ``warmup`` untimed calls (at least one), and every timing."""
+    (times,), _ = in_turns([step], device, warmup=warmup, repeats=repeats)
     return statistics.median(times), times
 
 
 def in_turns(steps: list[Callable[[], object]], device: torch.device, *, warmup: int, repeats: int) -> tuple[list[list[float]], list[float]]:
     """Seconds of each step per repeat, the steps taking turns (forward order, then backward, so
     that a slow spell of the machine falls on all of them), and the seconds of each step's first
-    call (a compiled model's includes the compiler). ``warmup`` counts that first call."""
+    call (a compiled model's includes the compiler). ``warmup`` counts that first call, which
+    is made even when ``warmup`` is 0."""
     first = []
     for step in steps:
         start = time.perf_counter()

@@ -79,11 +79,16 @@ def _prepare(backbone: str, plan: Plan, device: torch.device, *, count_flops: bo
     return model, config, gflops
 
 
-def _forward(model, config, batch: int, mode: str, device: torch.device, plan: Plan):
+def _inputs(config, batch: int, mode: str, device: torch.device, plan: Plan):
+    """Images in the plan's layout, tokens, and the autocast context the mode runs under."""
     images, tokens = inputs(config, batch, device)
     if plan.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+    return images, tokens, torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+
+
+def _forward(model, config, batch: int, mode: str, device: torch.device, plan: Plan):
+    images, tokens, autocast = _inputs(config, batch, mode, device, plan)
 
     def step():
         with torch.inference_mode(), autocast:
@@ -94,10 +99,7 @@ def _forward(model, config, batch: int, mode: str, device: torch.device, plan: P
 
 def _decode(model, config, batch: int, mode: str, device: torch.device, plan: Plan):
     """``decode`` alone, on image features encoded once: everything where the variants differ."""
-    images, tokens = inputs(config, batch, device)
-    if plan.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+    images, tokens, autocast = _inputs(config, batch, mode, device, plan)
     with torch.inference_mode(), autocast:
         visual = model.encode_image(images)
 
@@ -122,9 +124,9 @@ def measure(
     results = [{"gflops_per_image": gflops, "batches": {}} for _, _, gflops in prepared]
     for batch in batches:
         steps = [_forward(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared, plans)]
-        times, first_calls = in_turns(steps, device, warmup=max(warmup, 1), repeats=repeats)
+        times, first_calls = in_turns(steps, device, warmup=warmup, repeats=repeats)
         decodes = [_decode(model, config, batch, mode, device, plan) for (model, config, _), plan in zip(prepared[:2], plans[:2])]
-        decode_times, _ = in_turns(decodes, device, warmup=max(warmup, 1), repeats=decode_repeats)
+        decode_times, _ = in_turns(decodes, device, warmup=warmup, repeats=decode_repeats)
         for i, result in enumerate(results):
             seconds = statistics.median(times[i])
             result["batches"][str(batch)] = {

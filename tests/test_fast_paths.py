@@ -6,11 +6,14 @@ from __future__ import annotations
 import copy
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mmnet import Predictor
+from mmnet.cli import main
 from mmnet.config import Config, EvalConfig
 from mmnet.modeling import MMNet
 from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
@@ -172,11 +175,6 @@ def test_every_attention_runs_through_scaled_dot_product_attention(monkeypatch, 
 
 @pytest.mark.parametrize("flag,compiled", [([], True), (["--no-compile"], False), (["--compile"], True)])
 def test_predict_command_compiles_as_eval_compile_says_unless_told_otherwise(monkeypatch, tmp_path, flag, compiled):
-    import numpy as np
-    from PIL import Image
-
-    from mmnet.cli import main
-
     Predictor(build_tiny(), Config(model=tiny_model_config(), eval=EvalConfig(compile=True)), device="cpu", compile=False).save_pretrained(tmp_path / "ckpt")
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
     calls = []
@@ -189,8 +187,9 @@ def test_predict_command_compiles_as_eval_compile_says_unless_told_otherwise(mon
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_under_bf16_autocast_the_model_runs_and_stays_near_fp32(backbone):
     """bf16 is the GPU path; CPU autocast runs the same ops in bf16. It cannot meet fp32
-    tolerance (8 bits of mantissa), so this pins that every op takes bf16 and the probabilities
-    stay near the fp32 ones, and that training gets finite gradients."""
+    tolerance (8 bits of mantissa), so this pins that the model runs under it, that the logits
+    come out in bf16 and the probabilities stay near the fp32 ones, and that training gets
+    finite gradients for every parameter."""
     model = with_distinct_queries(build_tiny(backbone, num_queries=5)).eval()
     images, tokens = random_images(2), tokens_for(TEXTS[:2])
     with torch.inference_mode():
