@@ -1,5 +1,5 @@
-"""Pictures of predictions as in the paper's Figure 5: the image, the ground truth, the final mask,
-and every query's mask with its score."""
+"""Pictures of predictions as in the paper's Figure 5: per expression one row of the image, the
+ground truth, the final mask, and the best scored queries' masks with their scores."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-TILE = 160
+TILE = 120
+FONT = ImageFont.load_default(size=12)
 CAPTION = 16
+LINE = 15  # a line of FONT with its leading
+TEXT = 150  # width of the expression's cell at the start of a row
+GAP = 4  # between tiles: dimmed neighbours would otherwise run together
 GROUND_TRUTH = (40, 220, 90)
 PREDICTION = (255, 60, 60)
 
@@ -37,13 +41,43 @@ def spotlight(
     return Image.fromarray(lit.clip(0, 255).astype(np.uint8))
 
 
-def _tile(image: Image.Image, caption: str) -> Image.Image:
+def _tile(
+    image: Image.Image,
+    caption: str,
+    *,
+    weight: Optional[np.ndarray] = None,
+    outline: Optional[tuple[int, int, int]] = None,
+) -> Image.Image:
+    """``image`` fitted into a tile under ``caption``, spotlit by ``weight`` (H x W) if given. The
+    weight is resized with the image, so that an outline is drawn one tile pixel wide."""
     scale = TILE / max(image.size)
-    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    resized = image.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    if weight is not None:
+        small = Image.fromarray(np.asarray(weight, dtype=np.float32)).resize(size, Image.Resampling.BILINEAR)
+        resized = spotlight(resized, np.asarray(small), outline=outline)
     tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
-    tile.paste(resized, ((TILE - resized.width) // 2, CAPTION + (TILE - resized.height) // 2))
-    ImageDraw.Draw(tile).text((3, 2), caption, fill="black")
+    tile.paste(resized, ((TILE - resized.width) // 2, CAPTION))
+    ImageDraw.Draw(tile).text((3, 1), caption, fill="black", font=FONT)
     return tile
+
+
+def _text_cell(sentence: str) -> Image.Image:
+    """The expression in quotes, wrapped to the cell's width; what does not fit ends in '...'."""
+    lines: list[str] = []
+    for word in f'"{sentence}"'.split():
+        if lines and FONT.getlength(f"{lines[-1]} {word}") <= TEXT - 6:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    most = (TILE + CAPTION) // LINE
+    if len(lines) > most:
+        lines = lines[: most - 1] + [lines[most - 1] + " ..."]
+    cell = Image.new("RGB", (TEXT, TILE + CAPTION), "white")
+    draw = ImageDraw.Draw(cell)
+    for i, line in enumerate(lines):
+        draw.text((3, 1 + i * LINE), line, fill="black", font=FONT)
+    return cell
 
 
 def expression_panel(
@@ -56,29 +90,30 @@ def expression_panel(
     query_probabilities: Sequence[np.ndarray],
     query_scores: Sequence[float],
     iou: Optional[float] = None,
-    columns: int = 6,
+    top_k: Optional[int] = 4,
 ) -> Image.Image:
-    """One expression: a header row (image, ground truth, prediction) and the query masks, best
-    scored first, ``columns`` to a row. All maps are H x W at the image's size."""
-    header = [_tile(image, "image")]
+    """One row of the paper's Figure 5: the expression, the image, the ground truth, the prediction,
+    and the masks of the ``top_k`` best scored queries (every query with ``None``), best first,
+    each captioned with its number and score. All maps are H x W at the image's size."""
+    tiles = [_text_cell(sentence), _tile(image, "image")]
     if ground_truth is not None:
-        header.append(_tile(spotlight(image, ground_truth, outline=GROUND_TRUTH), "ground truth"))
+        tiles.append(_tile(image, "ground truth", weight=ground_truth, outline=GROUND_TRUTH))
     label = "prediction" if iou is None else f"prediction, IoU {100 * iou:.1f}"
-    header.append(_tile(spotlight(image, probability > threshold, outline=PREDICTION), label))
-    order = np.argsort(-np.asarray(query_scores, dtype=np.float64), kind="stable")
-    queries = [_tile(spotlight(image, query_probabilities[n]), f"query {n + 1}: {query_scores[n]:.2f}") for n in order]
-    rows = [header] + [queries[i : i + columns] for i in range(0, len(queries), columns)]
-    width = max(len(row) for row in rows) * TILE
-    panel = Image.new("RGB", (width, CAPTION + len(rows) * (TILE + CAPTION)), "white")
-    ImageDraw.Draw(panel).text((3, 2), f'"{sentence}"', fill="black")
-    for r, row in enumerate(rows):
-        for c, tile in enumerate(row):
-            panel.paste(tile, (c * TILE, CAPTION + r * (TILE + CAPTION)))
+    tiles.append(_tile(image, label, weight=probability > threshold, outline=PREDICTION))
+    # Without the Multi-Mask Projector the one mask is the prediction itself: nothing per query to show.
+    if len(query_probabilities) == len(query_scores):
+        order = np.argsort(-np.asarray(query_scores, dtype=np.float64), kind="stable")[:top_k]
+        tiles += [_tile(image, f"q{n + 1} {query_scores[n]:.2f}", weight=query_probabilities[n]) for n in order]
+    panel = Image.new("RGB", (sum(t.width + GAP for t in tiles) - GAP, TILE + CAPTION), "white")
+    left = 0
+    for tile in tiles:
+        panel.paste(tile, (left, 0))
+        left += tile.width + GAP
     return panel
 
 
 def stack(panels: Sequence[Image.Image], *, gap: int = 8) -> Image.Image:
-    """Panels one below the other."""
+    """Panels one below the other, left-aligned: rows of the same ``top_k`` line up as a grid."""
     width = max(p.width for p in panels)
     sheet = Image.new("RGB", (width, sum(p.height for p in panels) + gap * (len(panels) - 1)), "white")
     top = 0

@@ -85,7 +85,7 @@ def test_every_config_builds_at_the_paper_settings(path):
     assert config.model.context_length == (22 if config.data.dataset == "refcocog" else 17)
     if path.stem != "demo":  # Section 4.1
         m, t = config.model, config.train
-        assert m.image_size == (448 if m.backbone == "ViT-L-14" else 480)
+        assert m.image_size == (476 if m.backbone == "ViT-L-14" else 480)
         assert (m.hidden_dim, m.num_heads, m.ffn_dim, m.decoder_layers, m.num_queries) == (512, 8, 2048, 3, 24)
         assert (t.lr, t.batch_size, t.lr_power) == (1e-5, 64, 0.9)
         assert t.epochs in (50, 100)

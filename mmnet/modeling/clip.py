@@ -65,7 +65,7 @@ def create_clip(config: ModelConfig) -> open_clip.CLIP:
         if config.image_size % (2 * patch):
             raise ConfigError(
                 f"model.image_size={config.image_size} must be a multiple of {2 * patch} for {config.backbone} "
-                f"(patch {patch}, and the stride-32 scale halves the grid); ViT-L-14 uses 448"
+                f"(patch {patch}, and the stride-32 scale halves the grid); ViT-L-14 uses 476"
             )
     elif isinstance(visual, ModifiedResNet):
         if config.image_size % 32:
