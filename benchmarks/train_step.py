@@ -1,6 +1,6 @@
 """Training-step speed of MMNet at the paper's settings (480 x 480, N_q = 24), random weights.
 
-A step is what `mmnet train` does per micro-batch and optimizer step: forward, the BCE loss,
+A step is what `mmnet train` does per micro-batch and optimizer step: forward, the loss (BCE on y with the default per-query terms),
 backward, gradient clipping and an Adam update. Samples per second (median of repeated steps
 after warm-up) and peak memory, for the full model and for one query without the Multi-Mask
 Projector, each configuration in a fresh process.
@@ -24,7 +24,8 @@ from common import VARIANTS, arguments, build, in_fresh_process, inputs, median_
 
 def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool, warmup: int, repeats: int, threads: int) -> dict:
     from mmnet.engine import autocast
-    from mmnet.modeling import mask_loss
+    from mmnet.config import TrainConfig
+    from mmnet.modeling import mmnet_loss
 
     if threads:
         torch.set_num_threads(threads)
@@ -37,10 +38,13 @@ def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool,
     side = config.image_size // 4
     masks = (torch.rand(batch, 1, side, side, device=device) > 0.7).float()
 
+    defaults = TrainConfig()
+    settings = {k: getattr(defaults, k) for k in ("query_loss", "query_loss_weight", "score_loss_weight")}
+
     def step():
         with autocast(device, bf16):
-            logits = model(images, tokens)["logits"]
-        loss = mask_loss(logits, masks)
+            outputs = model(images, tokens)
+        loss = mmnet_loss(outputs, masks, **settings)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmnet.config import ModelConfig
+from mmnet.modeling.blocks import he_init
 from mmnet.modeling.clip import create_clip, is_resnet
 from mmnet.modeling.decoder import VisionLanguageDecoder
 from mmnet.modeling.fusion_neck import FusionNeck
@@ -37,6 +38,7 @@ def build_mmnet(config: ModelConfig, *, load_clip_weights: bool = True) -> MMNet
         num_queries=config.num_queries,
         num_pixels=grid * grid,
         global_visual=config.global_visual,
+        word_logit_scale=config.word_logit_scale,
     )
     use_estimator = config.estimator and config.num_queries > 1
     model = MMNet(
@@ -52,12 +54,21 @@ def build_mmnet(config: ModelConfig, *, load_clip_weights: bool = True) -> MMNet
             dropout=config.dropout,
         ),
         projector=MultiMaskProjector(dim=dim),
-        estimator=MultiQueryEstimator(dim=dim, num_heads=config.num_heads, dropout=config.dropout) if use_estimator else None,
+        estimator=(
+            MultiQueryEstimator(dim=dim, num_heads=config.num_heads, dropout=config.dropout, residual=config.estimator_residual)
+            if use_estimator
+            else None
+        ),
         image_size=config.image_size,
         context_length=config.context_length,
         num_queries=config.num_queries,
         multi_mask=config.multi_mask,
+        mask_sum=config.mask_sum,
     )
+    if config.init == "he":
+        for head in (model.query_generator, model.projector, model.estimator):
+            if head is not None:
+                he_init(head)
     # Convolution weights in channels_last: a ResNet tower's convolutions then run on NHWC
     # activations from its first layer on, which benchmarks/inference.py measures as faster
     # (docs/performance.md); the outputs are the same within fp32 rounding.

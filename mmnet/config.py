@@ -24,6 +24,16 @@ class ConfigError(MMNetError, ValueError):
     """A configuration file or override that cannot be used as it is."""
 
 
+MASK_SUMS = ("probability", "logit")
+INITS = ("he", "pytorch")
+QUERY_LOSSES = ("none", "all", "best")
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "RN50"
@@ -51,6 +61,18 @@ class ModelConfig:
     """Off: the masks are averaged with equal weights (Table 4, w/o MQE)."""
     global_visual: bool = True
     """Off: F_t stands where F_tv would be, without the global visual feature (Table 4, w/o f_vg)."""
+    mask_sum: str = "probability"
+    """Eq. 16 over ``probability`` (y = sum_n S_n sigmoid(mask_n)) or ``logit`` (y = sigmoid(sum_n S_n
+    mask_n), which is one dynamic convolution with a mixed kernel: docs/model.md)."""
+    word_logit_scale: Optional[float] = 10.0
+    """Eq. 9 as a cosine similarity times a learnable temperature that starts here; None keeps the
+    paper's plain product, whose logits barely vary across words at initialisation."""
+    estimator_residual: bool = True
+    """S_q = softmax(W_s (F_q + MHSA(F_q))): each score sees its own query, not only the
+    attention's mixture of all of them. Off is Eq. 15 as written."""
+    init: str = "he"
+    """Initialisation of the query generator, projector and estimator: ``he`` (docs/model.md) or
+    ``pytorch`` (the layers' own defaults)."""
 
     def validate(self) -> None:
         for name in ("image_size", "hidden_dim", "num_heads", "ffn_dim", "decoder_layers"):
@@ -68,6 +90,10 @@ class ModelConfig:
             raise ConfigError(f"model.context_length must hold [SOS] and [EOS], got {self.context_length}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check_choice("model.mask_sum", self.mask_sum, MASK_SUMS)
+        _check_choice("model.init", self.init, INITS)
+        if self.word_logit_scale is not None and not self.word_logit_scale > 0:
+            raise ConfigError(f"model.word_logit_scale must be above 0 or null, got {self.word_logit_scale}")
 
 
 @dataclass
@@ -103,6 +129,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 0.0
     """Clip the gradient norm to this value; 0 disables clipping."""
+    query_loss: str = "best"
+    """Supervision of each query's own mask beside the BCE on y: ``best`` adds the BCE of the best
+    query's mask (multiple-choice learning) and trains the estimator to pick that query; ``all``
+    adds the mean BCE of every query's mask; ``none`` is the paper's loss on y alone."""
+    query_loss_weight: float = 1.0
+    score_loss_weight: float = 0.1
+    """Weight of the estimator's cross-entropy against the best query (``query_loss: best``)."""
+    dice_weight: float = 0.0
+    """Weight of a Dice loss beside every cross-entropy term; 0 is the paper's cross-entropy alone."""
     bf16: bool = True
     """bf16 autocast when training on a GPU (ignored on CPU)."""
     seed: int = 0
@@ -119,7 +154,8 @@ class TrainConfig:
         for name in ("lr", "lr_power"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be above 0, got {getattr(self, name)}")
-        for name in ("backbone_lr_mult", "weight_decay", "grad_clip"):
+        _check_choice("train.query_loss", self.query_loss, QUERY_LOSSES)
+        for name in ("backbone_lr_mult", "weight_decay", "grad_clip", "query_loss_weight", "score_loss_weight", "dice_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
 

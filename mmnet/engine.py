@@ -13,9 +13,10 @@ from tqdm import tqdm
 
 from mmnet import distributed
 from mmnet.data.transforms import to_original
+from mmnet.diagnostics import QueryDiagnostics
 from mmnet.errors import MMNetError
 from mmnet.metrics import intersection_union, iou, summarize
-from mmnet.modeling import mask_loss, target_for
+from mmnet.modeling import target_for
 
 
 class NonFiniteLossError(MMNetError):
@@ -63,12 +64,16 @@ def train_one_epoch(
     samples_per_step: int,
     grad_clip: float,
     bf16: bool,
+    loss_fn: Callable[[dict, torch.Tensor], dict],
     threshold: float,
     log: Callable[[dict], None],
     log_every: int,
     stop_requested: Callable[[], bool],
 ) -> bool:
     """Runs the rest of ``state.epoch``: an optimizer step every ``accumulation`` micro-batches.
+
+    ``loss_fn(outputs, masks)`` gives the loss parts of a micro-batch, ``loss`` their sum
+    (``mmnet.modeling.mmnet_loss`` with the run's settings).
 
     Returns True when a stop was requested (by a signal, on any process) and the loop ended
     after a whole optimizer step. The logged loss and IoU are means over all processes.
@@ -92,8 +97,9 @@ def train_one_epoch(
         no_sync = model.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
         with no_sync:
             with autocast(ctx.device, bf16):
-                logits = model(images, tokens)["logits"]
-            loss = mask_loss(logits, masks)
+                outputs = model(images, tokens)
+            logits = outputs["logits"]
+            loss = loss_fn(outputs, masks)["loss"]
             (loss / accumulation).backward()
         step_loss += loss.detach() / accumulation
         step_iou += batch_iou(logits, masks, threshold).mean() / accumulation
@@ -167,7 +173,7 @@ def evaluate(
     bf16: bool,
     desc: str = "eval",
     on_sample: Optional[Callable[[dict[str, Any], int, dict[str, torch.Tensor], torch.Tensor, float], None]] = None,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Predicts every expression of this process's shard, compares at the original resolution,
     and gathers all processes' records.
 
@@ -176,14 +182,18 @@ def evaluate(
         on_sample: called as (batch, index in batch, outputs, probability map, IoU) for each
             expression, e.g. to draw it.
     Returns:
-        the summary (mIoU, oIoU, Pr@X in percent, count) and one record per expression
-        (sent_id, ref_id, image_id, intersection, union, iou).
+        the summary (mIoU, oIoU, Pr@X in percent, count, and under ``diagnostics`` the split's
+        means of ``mmnet.diagnostics``) and one record per expression (sent_id, ref_id,
+        image_id, intersection, union, iou).
     """
     model.eval()
     records = []
+    queries = QueryDiagnostics(device=ctx.device)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
+        tokens = batch["tokens"].to(ctx.device)
         with autocast(ctx.device, bf16):
-            outputs = model(batch["image"].to(ctx.device), batch["tokens"].to(ctx.device))
+            outputs = model(batch["image"].to(ctx.device), tokens)
+        queries.update(outputs=outputs, tokens=tokens)
         probs = outputs["logits"].float().sigmoid().cpu()
         for b, geometry in enumerate(batch["geometry"]):
             probability = to_original(probs[b, 0], geometry)
@@ -203,9 +213,10 @@ def evaluate(
                 on_sample(batch, b, outputs, probability, value)
     records = [r for shard in distributed.all_gather_objects(records) for r in shard]
     records.sort(key=lambda r: r["sent_id"])
+    diagnostics = queries.summary()
     if not records:
         raise MMNetError("the evaluation split holds no expressions")
-    return summarize([r["intersection"] for r in records], [r["union"] for r in records]), records
+    return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
 
 
 def steps_per_epoch(samples_per_process: int, micro_batch: int, accumulation: int) -> int:

@@ -7,6 +7,7 @@ checkpoints written atomically, exact resumption, and a clean stop on SIGINT/SIG
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import signal
@@ -37,7 +38,7 @@ from mmnet.config import Config, ConfigError, config_to_dict, load_config, save_
 from mmnet.data.datasets import ReferEvalDataset, ReferTrainDataset, collate_eval
 from mmnet.data.refer import ReferIndex
 from mmnet.engine import TrainState, evaluate, poly_schedule, steps_per_epoch, train_one_epoch
-from mmnet.modeling import MMNet
+from mmnet.modeling import MMNet, mmnet_loss
 
 PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
 
@@ -106,6 +107,7 @@ def _ignore_interrupts(worker_id: int) -> None:
 # Settings that fix the course of a run: resuming with others would not continue it exactly.
 RUN_SETTINGS = (
     "epochs", "batch_size", "micro_batch_size", "lr", "lr_power", "backbone_lr_mult", "weight_decay", "grad_clip", "bf16", "seed",
+    "query_loss", "query_loss_weight", "score_loss_weight", "dice_weight",
 )
 DATA_SETTINGS = ("dataset", "split_by", "train_split", "text_blind")
 
@@ -271,6 +273,13 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
                 samples_per_step=config.train.batch_size,
                 grad_clip=config.train.grad_clip,
                 bf16=config.train.bf16,
+                loss_fn=functools.partial(
+                    mmnet_loss,
+                    query_loss=config.train.query_loss,
+                    query_loss_weight=config.train.query_loss_weight,
+                    score_loss_weight=config.train.score_loss_weight,
+                    dice_weight=config.train.dice_weight,
+                ),
                 threshold=config.eval.threshold,
                 log=log,
                 log_every=config.train.log_every,
@@ -290,8 +299,9 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
             state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
             log({"epoch": state.epoch, "step": state.step, "val": metrics})
             if writer is not None:
-                for key, value in metrics.items():
-                    writer.add_scalar(f"val/{key}", value, state.step)
+                for key, value in {**metrics, **metrics["diagnostics"]}.items():
+                    if isinstance(value, (int, float)):  # not the diagnostics dict, nor one that is None
+                        writer.add_scalar(f"val/{key}", value, state.step)
             is_best = metrics["mIoU"] > state.best_miou
             if is_best:
                 state.best_miou = metrics["mIoU"]

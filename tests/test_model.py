@@ -58,14 +58,23 @@ def test_word_attention_is_zero_on_padding_and_sums_to_one(backbone):
     torch.testing.assert_close(attention.sum(dim=-1), torch.ones(3, 4))
 
 
-def test_query_scores_sum_to_one_and_weight_the_masks():
+def test_query_scores_sum_to_one_and_weight_the_mask_probabilities():
     model = build_tiny().eval()
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
     scores = out["query_scores"]
     torch.testing.assert_close(scores.sum(dim=-1), torch.ones(3))
     assert torch.all(scores > 0)
-    expected = (scores[:, :, None, None] * out["query_masks"]).sum(dim=1, keepdim=True)  # Eq. 16
+    assert out["query_masks"].std(dim=1).mean() > 1e-2  # distinct masks, so the weighting is tested
+    expected = (scores[:, :, None, None] * out["query_masks"].sigmoid()).sum(dim=1, keepdim=True)  # Eq. 16
+    torch.testing.assert_close(out["logits"].sigmoid(), expected)
+
+
+def test_logit_sum_weights_the_mask_logits():
+    model = build_tiny(mask_sum="logit").eval()
+    with torch.no_grad():
+        out = model(_images(), tokens_for(TEXTS))
+    expected = (out["query_scores"][:, :, None, None] * out["query_masks"]).sum(dim=1, keepdim=True)
     torch.testing.assert_close(out["logits"], expected)
 
 
@@ -74,14 +83,14 @@ def test_estimator_scores_queries_in_the_context_of_the_others():
     queries = torch.randn(2, 4, 32, generator=torch.Generator().manual_seed(0))
     order = torch.tensor([2, 0, 3, 1])
     with torch.no_grad():
-        scores, permuted = estimator(queries), estimator(queries[:, order])
+        scores, permuted = estimator(queries).exp(), estimator(queries[:, order]).exp()
     assert scores.std(dim=-1).min() > 1e-3
     torch.testing.assert_close(permuted, scores[:, order])
     # Changing one query changes the scores of the others: they are judged together (MHSA).
     changed = queries.clone()
     changed[:, 0] += 1.0
     with torch.no_grad():
-        others = estimator(changed)[:, 1:]
+        others = estimator(changed).exp()[:, 1:]
     assert not torch.allclose(others / others.sum(-1, keepdim=True), scores[:, 1:] / scores[:, 1:].sum(-1, keepdim=True))
 
 
@@ -92,7 +101,7 @@ def test_without_estimator_masks_are_averaged():
         out = model(_images(), tokens_for(TEXTS))
     assert out["query_masks"].std(dim=1).mean() > 1e-3  # the masks differ, so the mean is a real test
     torch.testing.assert_close(out["query_scores"], torch.full((3, 4), 0.25))
-    torch.testing.assert_close(out["logits"], out["query_masks"].mean(dim=1, keepdim=True))
+    torch.testing.assert_close(out["logits"].sigmoid(), out["query_masks"].sigmoid().mean(dim=1, keepdim=True))
 
 
 def test_without_multi_mask_the_scored_queries_make_one_mask():
@@ -105,7 +114,7 @@ def test_without_multi_mask_the_scored_queries_make_one_mask():
         visual = model.encode_image(images)
         f_t, _, padding = model.text_encoder(tokens)
         f_q, _ = model.query_generator(visual, f_t, padding)
-        scores = model.estimator(f_q)
+        scores = model.estimator(f_q).exp()
         expected_query = (scores[:, :, None] * f_q).sum(dim=1, keepdim=True)  # Table 3: sum_n S_qn F_qn
     assert scores.std(dim=1).min() > 1e-2 and (f_q - f_q.mean(dim=1, keepdim=True)).abs().max() > 1e-2
     assert not torch.allclose(expected_query, f_q.mean(dim=1, keepdim=True), atol=1e-4)  # weighting matters

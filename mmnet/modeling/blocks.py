@@ -21,6 +21,26 @@ def linear_relu(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU(inplace=True))
 
 
+def he_init(module: nn.Module) -> None:
+    """He (fan-in, ReLU gain) weights and zero biases for every convolution and linear layer of
+    ``module``, Xavier for the attention projections; batch norms keep weight 1 and bias 0.
+
+    The paper gives no initialisation. PyTorch's default draws weights with a third of He's
+    variance, which shrinks each layer's output and leaves the query generator's and the
+    estimator's outputs alike across words and queries (docs/model.md has the figures).
+    """
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(sub.weight, mode="fan_in", nonlinearity="relu")
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+    for sub in module.modules():  # the attention projections feed no ReLU
+        if isinstance(sub, Attention):
+            for proj in (sub.q_proj, sub.k_proj, sub.v_proj, sub.out_proj):
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.zeros_(proj.bias)
+
+
 def coordinates(batch: int, height: int, width: int, *, like: torch.Tensor) -> torch.Tensor:
     """F_coord of Eq. 5: B x 2 x H x W, each cell's x and y, running evenly from -1 (first row or
     column) to 1 (last)."""

@@ -1,4 +1,5 @@
-"""The training loss: binary cross-entropy between the mask logits and the ground truth."""
+"""The training loss: binary cross-entropy between the final mask y and the ground truth, and
+optionally supervision of each query's own mask and of the estimator's choice."""
 
 from __future__ import annotations
 
@@ -14,12 +15,72 @@ def target_for(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.interpolate(masks.float(), size=logits.shape[-2:], mode="nearest")
 
 
-def mask_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def mask_loss(logits: torch.Tensor, masks: torch.Tensor, *, dice_weight: float = 0.0) -> torch.Tensor:
     """
     Args:
         logits: B x 1 x h x w, the model's ``logits``.
         masks: B x 1 x H x W (or B x H x W) ground truth in {0, 1}.
+        dice_weight: weight of the Dice loss added to the cross-entropy.
     Returns:
-        the mean binary cross-entropy against the ground truth resized to h x w, a scalar.
+        the mean binary cross-entropy (plus Dice) against the ground truth resized to h x w, a scalar.
     """
-    return F.binary_cross_entropy_with_logits(logits.float(), target_for(logits, masks))
+    return query_losses(logits, masks, dice_weight=dice_weight).mean()
+
+
+def query_losses(query_masks: torch.Tensor, masks: torch.Tensor, *, dice_weight: float = 0.0) -> torch.Tensor:
+    """
+    Args:
+        query_masks: B x M x h x w mask logits.
+        masks: the ground truth, as for ``mask_loss``.
+        dice_weight: weight of the Dice loss, 1 - (2 |P T| + 1) / (|P| + |T| + 1) with P the
+            probabilities, added to the cross-entropy. Unlike the cross-entropy's per-pixel mean,
+            it weighs a small object as much as a large one.
+    Returns:
+        B x M, each mask's mean binary cross-entropy (plus Dice) against the ground truth.
+    """
+    logits = query_masks.float()
+    target = target_for(query_masks, masks).expand_as(logits)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(2, 3))
+    if dice_weight:
+        probability = logits.sigmoid()
+        overlap = (probability * target).sum(dim=(2, 3))
+        dice = 1 - (2 * overlap + 1) / (probability.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1)
+        loss = loss + dice_weight * dice
+    return loss
+
+
+def mmnet_loss(
+    outputs: dict[str, torch.Tensor],
+    masks: torch.Tensor,
+    *,
+    query_loss: str,
+    query_loss_weight: float,
+    score_loss_weight: float,
+    dice_weight: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """The loss of one batch and its parts (scalars).
+
+    ``loss`` is BCE (plus ``dice_weight`` x Dice) on y, plus with ``query_loss``:
+    - ``all``: ``query_loss_weight`` x the mean BCE of every query's mask;
+    - ``best``: ``query_loss_weight`` x the BCE of each sample's best query mask (multiple-choice
+      learning: only the winner is pulled toward the truth, so the queries are free to differ),
+      and ``score_loss_weight`` x the cross-entropy of the scores against that winner, so that the
+      estimator learns which mask to trust, as SAM's mask-quality head does.
+    Without several masks (N_q = 1, or w/o MMP) the per-query terms are left out, and without
+    distinct scores (w/o MQE) so is the score term.
+    """
+    parts = {"mask": mask_loss(outputs["logits"], masks, dice_weight=dice_weight)}
+    query_masks, scores = outputs["query_masks"], outputs["query_scores"]
+    if query_loss != "none" and query_masks.shape[1] > 1:
+        per_query = query_losses(query_masks, masks, dice_weight=dice_weight)
+        if query_loss == "all":
+            parts["query"] = query_loss_weight * per_query.mean()
+        else:
+            best = per_query.detach().argmin(dim=1)
+            parts["query"] = query_loss_weight * per_query.gather(1, best[:, None]).mean()
+            if scores.requires_grad:
+                # log S_q recovered from S_q; clamped, since a score may underflow to 0.
+                log_scores = scores.float().clamp_min(1e-12).log()
+                parts["score"] = score_loss_weight * F.nll_loss(log_scores, best)
+    parts["loss"] = sum(parts.values())
+    return parts

@@ -69,9 +69,18 @@ def _dynamic_conv_by_patches(f_p: torch.Tensor, params: torch.Tensor) -> torch.T
 class MultiQueryEstimator(nn.Module):
     """Scores each query in the context of the others: S_q = softmax(W_s MHSA(F_q)) (Eq. 15)."""
 
-    def __init__(self, *, dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, *, dim: int, num_heads: int, dropout: float, residual: bool) -> None:
+        """
+        Args:
+            dim: C.
+            num_heads: heads of the MHSA.
+            dropout: on the attention weights while training.
+            residual: W_s reads F_q + MHSA(F_q). Without it (Eq. 15 as written) the attention
+                mixes the queries before they are scored, so alike queries get alike scores.
+        """
         super().__init__()
         self.attn = Attention(dim, num_heads, dropout=dropout)
+        self.residual = residual
         # W_s, without a bias: one shared offset on every query's logit leaves the softmax
         # unchanged, so its gradient is zero and it could never learn.
         self.score = nn.Linear(dim, 1, bias=False)
@@ -81,6 +90,10 @@ class MultiQueryEstimator(nn.Module):
         Args:
             f_q: B x N_q x C.
         Returns:
-            S_q: B x N_q, summing to 1 over the queries.
+            log S_q: B x N_q, the log of scores that sum to 1 over the queries (Eq. 15); the
+            log keeps the probability mixture of Eq. 16 exact where a score underflows.
         """
-        return self.score(self.attn(f_q, f_q, f_q)).squeeze(-1).softmax(dim=-1)  # Eq. 15
+        mixed = self.attn(f_q, f_q, f_q)
+        if self.residual:
+            mixed = mixed + f_q
+        return self.score(mixed).squeeze(-1).log_softmax(dim=-1)  # Eq. 15

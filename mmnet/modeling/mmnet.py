@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -26,6 +27,31 @@ PARTS = {
 }
 
 
+def mixture_logit(query_masks: torch.Tensor, log_scores: torch.Tensor) -> torch.Tensor:
+    """The logit of y = sum_n S_n sigmoid(mask_n) (Eq. 16), exact for any finite mask logits.
+
+    1 - y = sum_n S_n sigmoid(-mask_n), so log y and log(1 - y) are both log-sum-exps of
+    log S_n + log sigmoid(+-mask_n), and their difference is a logit whose sigmoid is y: the binary
+    cross-entropy on it is the one on y, without y ever rounding to 0 or 1.
+
+    Args:
+        query_masks: B x N_q x h x w mask logits.
+        log_scores: B x N_q, log S_q.
+    Returns:
+        B x 1 x h x w.
+    """
+    log_weight = log_scores[:, :, None, None].to(query_masks.dtype)
+    log_y = torch.logsumexp(log_weight + _log_sigmoid(query_masks), dim=1, keepdim=True)
+    log_not_y = torch.logsumexp(log_weight + _log_sigmoid(-query_masks), dim=1, keepdim=True)
+    return log_y - log_not_y
+
+
+def _log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)): finite for any finite x, also once exported
+    to ONNX, where ``F.logsigmoid`` becomes log(sigmoid(x)) and gives -inf below about -88."""
+    return x.clamp(max=0) - torch.log1p(torch.exp(-x.abs()))
+
+
 class MMNet(nn.Module):
     """Multi-Mask Network: an image and an expression in, the referred object's mask logits out."""
 
@@ -43,6 +69,7 @@ class MMNet(nn.Module):
         context_length: int,
         num_queries: int,
         multi_mask: bool,
+        mask_sum: str,
     ) -> None:
         """
         Args:
@@ -59,6 +86,8 @@ class MMNet(nn.Module):
             num_queries: N_q.
             multi_mask: one mask per query (Eq. 14, 16); off, the scores weight the queries into a
                 single query that makes a single mask ("w/o MMP").
+            mask_sum: Eq. 16 over ``probability`` (sum_n S_n sigmoid(mask_n)) or ``logit``
+                (sum_n S_n mask_n).
         """
         super().__init__()
         self.image_encoder = image_encoder
@@ -72,6 +101,7 @@ class MMNet(nn.Module):
         self.context_length = context_length
         self.num_queries = num_queries
         self.multi_mask = multi_mask
+        self.mask_sum = mask_sum
 
     def encode_image(self, images: torch.Tensor) -> VisualFeatures:
         """
@@ -95,7 +125,7 @@ class MMNet(nn.Module):
             visual: from ``encode_image``, for B images, or for one image shared by all expressions.
             tokens: B x L token ids of the expressions.
         Returns:
-            ``logits``: B x 1 x 4H3 x 4W3, the final mask logits y (Eq. 16);
+            ``logits``: B x 1 x 4H3 x 4W3, the logit of the final mask y (Eq. 16): sigmoid(logits) = y;
             ``query_masks``: B x N_q x 4H3 x 4W3 logits of each query's mask (B x 1 x ... without MMP);
             ``query_scores``: B x N_q, S_q (Eq. 15), summing to 1;
             ``word_attention``: B x N_q x L, A (Eq. 9), 0 on padding and summing to 1 over words.
@@ -119,15 +149,19 @@ class MMNet(nn.Module):
         f_q, word_attention = self.query_generator(visual, f_t, padding)
         f_s = self.decoder(f_ot.flatten(2).transpose(1, 2), f_q, (height, width))  # flatten of Eq. 5
         if self.estimator is not None:
-            scores = self.estimator(f_q)
+            log_scores = self.estimator(f_q)
         else:
-            scores = f_q.new_full((batch, self.num_queries), 1.0 / self.num_queries)
-        if self.multi_mask:
-            query_masks = self.projector(f_s, f_q)
-            logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16
-        else:
+            log_scores = f_q.new_full((batch, self.num_queries), -math.log(self.num_queries))
+        scores = log_scores.exp()
+        if not self.multi_mask:
             query_masks = self.projector(f_s, (scores[:, :, None] * f_q).sum(dim=1, keepdim=True))
             logits = query_masks
+        elif self.mask_sum == "probability":
+            query_masks = self.projector(f_s, f_q)
+            logits = mixture_logit(query_masks, log_scores)  # Eq. 16
+        else:
+            query_masks = self.projector(f_s, f_q)
+            logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16 over logits
         return {"logits": logits, "query_masks": query_masks, "query_scores": scores, "word_attention": word_attention}
 
     def compile(self, *args, **kwargs) -> None:

@@ -3,9 +3,11 @@ by the image."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmnet.modeling.blocks import conv_bn_relu, linear_relu
@@ -26,6 +28,7 @@ class MultiQueryGenerator(nn.Module):
         num_queries: int,
         num_pixels: int,
         global_visual: bool,
+        word_logit_scale: Optional[float],
     ) -> None:
         """
         Args:
@@ -36,6 +39,8 @@ class MultiQueryGenerator(nn.Module):
             num_pixels: N = H3 * W3, the length of each flattened dense visual feature (Eq. 7).
             global_visual: fuse the global visual feature into the words (Eq. 8); off for the
                 "w/o f_vg" ablation, where F_t itself stands for F_tv.
+            word_logit_scale: Eq. 9 as the cosine of the two projections times a learnable
+                temperature that starts at this value; None is the paper's plain product.
         """
         super().__init__()
         self.dense_neck = dense_neck
@@ -55,6 +60,8 @@ class MultiQueryGenerator(nn.Module):
         self.proj_vd = linear_relu(num_pixels, dim)  # W_vd
         self.proj_a = linear_relu(word_dim, dim)  # W_a
         self.proj_tv = linear_relu(word_dim, dim)  # W_tv
+        # Kept as a log so that the temperature stays positive (as CLIP's logit scale).
+        self.log_word_scale = None if word_logit_scale is None else nn.Parameter(torch.tensor(math.log(word_logit_scale)))
 
     def forward(self, visual: VisualFeatures, f_t: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -72,6 +79,13 @@ class MultiQueryGenerator(nn.Module):
             f_tv = self.proj_t(f_t) * self.proj_vg(visual.f_vg)[:, None, :]  # Eq. 8
         else:
             f_tv = f_t
-        logits = self.proj_vd(f_vd) @ self.proj_a(f_tv).transpose(1, 2)  # Eq. 9
+        visual_keys, word_keys = self.proj_vd(f_vd), self.proj_a(f_tv)
+        if self.log_word_scale is None:
+            logits = visual_keys @ word_keys.transpose(1, 2)  # Eq. 9
+        else:
+            # Eq. 9 on unit vectors: the plain product's spread over words is set by the features'
+            # scale, which starts near 0 and so leaves every query the mean of its words.
+            cosine = F.normalize(visual_keys, dim=-1, eps=1e-6) @ F.normalize(word_keys, dim=-1, eps=1e-6).transpose(1, 2)
+            logits = self.log_word_scale.exp() * cosine
         attention = logits.masked_fill(padding[:, None, :], float("-inf")).softmax(dim=-1)
         return attention @ self.proj_tv(f_tv), attention  # Eq. 10
