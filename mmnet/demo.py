@@ -2,7 +2,7 @@
 
 Writes a synthetic referring dataset, trains a small MMNet from scratch, evaluates it on val,
 testA and testB, and writes ``report.md`` (metrics, settings, time taken) and
-``predictions.png`` (examples with every query's mask and score) under ``--out``.
+``predictions.png`` (examples, each with its best scored queries' masks) under ``--out``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from PIL import Image
 
 from mmnet.config import config_to_dict, load_config
 from mmnet.data.synth import write_synthetic
+from mmnet.diagnostics import DIAGNOSTIC_NAMES, LABELS, MEANING, format_value
 from mmnet.evaluate import evaluate_checkpoint
 from mmnet.metrics import METRIC_NAMES
 from mmnet.train import train
@@ -78,6 +79,15 @@ def _report(config, result, results: dict, timings: dict, args) -> str:
     for split, row in metrics.items():
         lines.append(f"| {split} | " + " | ".join(f"{row[name]:.2f}" for name in METRIC_NAMES) + f" | {row['count']} |")
     lines += ["", "Validation mIoU by epoch: " + ", ".join(f"{h['mIoU']:.1f}" for h in result.state.history) + ".", ""]
+    lines += [
+        "## Queries",
+        "",
+        "| split | " + " | ".join(LABELS[name] for name in DIAGNOSTIC_NAMES) + " |",
+        "| --- | " + " | ".join("---" for _ in DIAGNOSTIC_NAMES) + " |",
+    ]
+    for split, row in metrics.items():
+        lines.append(f"| {split} | " + " | ".join(format_value(row["diagnostics"][name]) for name in DIAGNOSTIC_NAMES) + " |")
+    lines += ["", MEANING, ""]
     lines += ["## Time taken", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]
     lines += [f"| total | {sum(timings.values()):.0f} |", ""]

@@ -9,7 +9,7 @@ from typing import Optional
 
 from torch.utils.data import DataLoader
 
-from mmnet import distributed
+from mmnet import diagnostics, distributed
 from mmnet.build import build_mmnet
 from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_weights, read_config
 from mmnet.config import Config, ConfigError, load_config, with_overrides
@@ -43,7 +43,8 @@ def evaluate_checkpoint(
     vis_limit: Optional[int] = None,
     device: Optional[str] = None,
 ) -> dict[str, dict]:
-    """Metrics per split (mIoU, oIoU, Pr@0.5-0.9 in percent, count) of the checkpoint at ``checkpoint``."""
+    """Metrics per split (mIoU, oIoU, Pr@0.5-0.9 in percent, count, and the query ``diagnostics``)
+    of the checkpoint at ``checkpoint``."""
     directory = find_checkpoint(checkpoint)
     config = _config_for(directory, config_path, list(overrides))
     with distributed.session(device) as ctx:
@@ -124,6 +125,7 @@ def run_eval(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(format_table({split: r["metrics"] for split, r in results.items()}))
+    print(diagnostics.format_table({split: r["metrics"]["diagnostics"] for split, r in results.items()}))
     find_checkpoint(args.checkpoint)  # a clear error when there is none
     # Beside the checkpoint, not in it: saving the checkpoint again replaces its folder.
     named = Path(args.checkpoint).resolve()  # best/, even where best.old/ was read after an interrupted save

@@ -3,7 +3,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from mmnet.data.errors import DataError
-from mmnet.data.tokenizer import tokenize, word_tokens
+from mmnet.data.tokenizer import padding_mask, tokenize, word_tokens
 
 CLIP = SimpleTokenizer()
 SOS, EOS = CLIP.sot_token_id, CLIP.eot_token_id
@@ -49,3 +49,9 @@ def test_empty_expression_on_purpose_is_sos_eos():
     tokens = tokenize(["", "a dog"], 17, allow_empty=True)
     assert tokens[0].tolist() == [SOS, EOS] + [0] * 15
     assert tokens[1, 0] == SOS
+
+
+def test_padding_is_every_token_after_eos():
+    # "the blue triangle" is 3 words: [SOS] 3 words [EOS] at 0..4, padding at 5..7; [SOS][EOS] pads from 2.
+    tokens = tokenize(["the blue triangle", ""], 8, allow_empty=True)
+    assert padding_mask(tokens).tolist() == [[False] * 5 + [True] * 3, [False] * 2 + [True] * 6]

@@ -16,12 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmnet import engine
+from mmnet import train as train_module
 from mmnet.checkpoint import CheckpointError, find_checkpoint, load_state
 from mmnet.config import Config, ConfigError, DataConfig, EvalConfig, TrainConfig, save_config
+from mmnet.diagnostics import DIAGNOSTIC_NAMES, MEANING
 from mmnet.engine import NonFiniteLossError
 from mmnet.evaluate import evaluate_checkpoint
 from mmnet.train import train
+from mmnet.visualize import CAPTION, GAP, TEXT, TILE
 from tiny import tiny_model_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,15 +131,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tm
     train(config, device="cpu", stop_after_epochs=1)
     good = weights(tmp_path / "run" / "last")
 
-    real_loss = engine.mask_loss
+    real_loss = train_module.mmnet_loss
     calls = {"n": 0}
 
-    def poisoned(logits, masks):
+    def poisoned(outputs, masks, **settings):
         calls["n"] += 1
-        loss = real_loss(logits, masks)
-        return loss * float("nan") if calls["n"] == 3 else loss
+        parts = real_loss(outputs, masks, **settings)
+        return {**parts, "loss": parts["loss"] * float("nan")} if calls["n"] == 3 else parts
 
-    monkeypatch.setattr(engine, "mask_loss", poisoned)
+    monkeypatch.setattr(train_module, "mmnet_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"the loss became nan at epoch 2, step \d+; training stopped without saving"):
         train(config, device="cpu", resume="auto")
     assert_same_weights(good, weights(tmp_path / "run" / "last"))
@@ -154,14 +156,16 @@ class _NanGradient(torch.autograd.Function):
 
 
 def test_non_finite_gradient_with_a_finite_loss_stops_too(synth_root, tmp_path, monkeypatch):
-    real_loss = engine.mask_loss
+    real_loss = train_module.mmnet_loss
     calls = {"n": 0}
 
-    def poisoned(logits, masks):
+    def poisoned(outputs, masks, **settings):
         calls["n"] += 1
-        return real_loss(_NanGradient.apply(logits) if calls["n"] == 2 else logits, masks)
+        if calls["n"] == 2:
+            outputs = {**outputs, "logits": _NanGradient.apply(outputs["logits"])}
+        return real_loss(outputs, masks, **settings)
 
-    monkeypatch.setattr(engine, "mask_loss", poisoned)
+    monkeypatch.setattr(train_module, "mmnet_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"the gradient norm became nan at epoch 1, step 1"):
         train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu")
     assert not (tmp_path / "run" / "last").exists()
@@ -278,7 +282,10 @@ def test_two_processes_under_torchrun(synth_root, tmp_path):
         ids = [r["sent_id"] for r in gathered[split]["records"]]
         assert len(ids) == len(set(ids)) == single[split]["metrics"]["count"]
         assert gathered[split]["records"] == single[split]["records"]
-        assert gathered[split]["metrics"] == single[split]["metrics"]
+        # The query diagnostics' sums meet in another order, so they agree to rounding.
+        diagnostics = single[split]["metrics"]["diagnostics"]
+        assert None not in diagnostics.values()
+        assert gathered[split]["metrics"] == {**single[split]["metrics"], "diagnostics": pytest.approx(diagnostics)}
     assert json.loads((out / "eval_rank1.json").read_text()) == gathered
 
 
@@ -294,15 +301,20 @@ def test_eval_command_prints_writes_json_and_draws_each_expression(synth_root, t
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split()[:3] == ["split", "mIoU", "oIoU"]
+    assert printed.splitlines()[3].split()[:3] == ["queries", "word", "entropy"]
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert set(metrics) == {"val", "testB"}
     for split in ("val", "testB"):
+        diagnostics = metrics[split]["diagnostics"]
+        assert list(diagnostics) == list(DIAGNOSTIC_NAMES)
+        assert all(0 <= value <= 1 for value in diagnostics.values())  # N_q = 4 masks: every one is defined
         pictures = sorted((tmp_path / "vis" / split).glob("*.png"))
         assert len(pictures) == metrics[split]["count"] > 0
         from PIL import Image
 
         with Image.open(pictures[0]) as picture:
-            assert picture.width >= 3 * 160  # image, truth, prediction side by side
+            # One row: expression, image, truth, prediction and the tiny model's four queries.
+            assert picture.size == (TEXT + (3 + 4) * (TILE + GAP), TILE + CAPTION)
 
 
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
@@ -325,10 +337,12 @@ def test_demo_writes_a_report_and_pictures(tmp_path):
     for split in ("val", "testA", "testB"):
         assert f"| {split} |" in report
     assert "![predictions](predictions.png)" in report
+    assert "## Queries" in report and MEANING in report
     from PIL import Image
 
     with Image.open(tmp_path / "demo" / "predictions.png") as sheet:
-        assert sheet.height > 2 * 160
+        # Two rows, each with the four best scored of eight queries, 8 pixels apart.
+        assert sheet.size == (TEXT + (3 + 4) * (TILE + GAP), 2 * (TILE + CAPTION) + 8)
 
 
 def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):

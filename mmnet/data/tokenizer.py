@@ -42,3 +42,15 @@ def tokenize(texts: str | Sequence[str], context_length: int, *, allow_empty: bo
             if not word_tokens(text):
                 raise DataError(f"expression {text!r} is empty: it has no words to tokenise")
     return _clip_tokenizer()(list(texts), context_length=context_length)
+
+
+def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """
+    Args:
+        tokens: B x L token ids, [SOS] .. [EOS] then padding.
+    Returns:
+        B x L, True on the padding after [EOS]. [EOS] has the largest id of the vocabulary, so
+        its position is the first argmax.
+    """
+    eos = tokens.argmax(dim=-1)
+    return torch.arange(tokens.shape[-1], device=tokens.device) > eos[..., None]

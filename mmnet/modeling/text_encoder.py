@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmnet.data.tokenizer import padding_mask
+
 
 class TextEncoder(nn.Module):
     """Word features F_t (every token after the final layer norm) and the global feature F_tg
@@ -42,5 +44,4 @@ class TextEncoder(nn.Module):
             f_tg = self.text_projection(f_eos)
         else:
             f_tg = f_eos @ self.text_projection
-        padding = torch.arange(tokens.shape[1], device=tokens.device)[None, :] > eos[:, None]
-        return f_t, f_tg, padding
+        return f_t, f_tg, padding_mask(tokens)
