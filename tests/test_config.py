@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,11 @@ def test_a_file_extends_its_base_and_round_trips(tmp_path):
         ("train.grad_clip=-1", r"train.grad_clip must not be negative"),
         ("eval.threshold=1.5", r"eval.threshold must lie between 0 and 1"),
         ("data.num_workers=-1", r"data.num_workers must not be negative"),
+        ("model.mask_sum=mean", r"model.mask_sum must be one of probability, logit; got 'mean'"),
+        ("model.init=xavier", r"model.init must be one of he, pytorch; got 'xavier'"),
+        ("model.word_logit_scale=0", r"model.word_logit_scale must be above 0 or null"),
+        ("train.query_loss=worst", r"train.query_loss must be one of none, all, best; got 'worst'"),
+        ("train.dice_weight=-1", r"train.dice_weight must not be negative"),
         ("modelnum_queries", r"not of the form section.key=value"),
         ("optimizer.lr=1", r"unknown setting 'optimizer'"),
     ],
@@ -96,6 +103,16 @@ def test_every_config_builds_at_the_paper_settings(path):
     side = 4 * config.model.image_size // (14 if "14" in config.model.backbone else 16)
     assert out["logits"].shape == (2, 1, side, side)
     assert out["query_masks"].shape == (2, config.model.num_queries, side, side)
+
+
+def test_the_paper_text_config_is_the_ablation_setting_with_every_departure_undone():
+    configs = {p.stem: load_config(p) for p in CONFIGS}
+    text, ablation = configs["refcocoplus_rn50_ablation_paper_text"], configs["refcocoplus_rn50_ablation"]
+    m, t = text.model, text.train
+    assert (m.mask_sum, m.word_logit_scale, m.estimator_residual, m.init) == ("logit", None, False, "pytorch")
+    assert (t.query_loss, t.dice_weight) == ("none", 0.0)
+    assert dataclasses.replace(m, mask_sum="probability", word_logit_scale=10.0, estimator_residual=True, init="he") == ablation.model
+    assert dataclasses.replace(t, query_loss="best", output_dir=ablation.train.output_dir) == ablation.train
 
 
 def test_info_counts_parts_that_add_up():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmnet.modeling import mask_loss, mmnet_loss, query_losses
+from mmnet.modeling import mask_loss, mmnet_loss, query_losses, target_for
 from mmnet.modeling.mask_decoder import MultiMaskProjector
 from mmnet.modeling.mmnet import mixture_logit
 from tiny import build_tiny, random_images, tokens_for
@@ -174,3 +174,20 @@ def test_with_the_defaults_the_queries_masks_and_scores_differ_at_initialisation
     assert entropy < 0.99 and mask_spread > 4e-4 and score_spread > 1e-3, (entropy, mask_spread, score_spread)
     entropy, mask_spread, score_spread = _query_spreads(backbone, seed, **PAPER_TEXT)
     assert entropy > 0.999 and mask_spread < 1e-4 and score_spread < 1e-5, (entropy, mask_spread, score_spread)
+
+
+def test_the_target_holds_the_share_of_each_cell_the_object_covers():
+    truth = torch.zeros(1, 4, 4)
+    truth[0, :2, :2] = 1  # the top-left cell of the 2 x 2 target, wholly
+    truth[0, 3, 3] = 1  # a quarter of the bottom-right one
+    truth[0, 0, 2] = truth[0, 1, 2] = 1  # half of the top-right one
+    target = target_for(torch.zeros(1, 1, 2, 2), truth)
+    torch.testing.assert_close(target, torch.tensor([[[[1.0, 0.5], [0.0, 0.25]]]]))
+
+
+def test_dice_term_is_one_minus_the_smoothed_dice_of_the_probabilities():
+    """Logits 0 give probabilities 1/2 on 4 cells; the truth covers 2. Dice = (2 * 1 + 1) / (2 + 2 + 1) = 3/5."""
+    logits, truth = torch.zeros(1, 1, 2, 2), torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    bce = F.binary_cross_entropy_with_logits(logits, truth[:, None])
+    torch.testing.assert_close(query_losses(logits, truth, dice_weight=2.0), (bce + 2.0 * (1 - 3 / 5)).reshape(1, 1))
+    torch.testing.assert_close(query_losses(logits, truth), bce.reshape(1, 1))

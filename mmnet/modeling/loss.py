@@ -8,11 +8,19 @@ import torch.nn.functional as F
 
 
 def target_for(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The ground truth B x 1 x H x W (or B x H x W) in {0, 1}, resized (nearest) to the
-    logits' B x 1 x h x w."""
+    """The ground truth B x 1 x H x W (or B x H x W) in {0, 1}, resized to the logits' h x w by
+    area: each cell holds the share of it that the object covers.
+
+    Nearest resizing would mark a cell wholly in or out, so that the best a model could learn,
+    read back at the image's size, is a blocky outline: on the demo's data a perfect nearest
+    target scores 68 mIoU there and a perfect area target 86 (benchmarks/target_ceiling.py).
+
+    Returns:
+        B x 1 x h x w in [0, 1].
+    """
     if masks.ndim == 3:
         masks = masks[:, None]
-    return F.interpolate(masks.float(), size=logits.shape[-2:], mode="nearest")
+    return F.interpolate(masks.float(), size=logits.shape[-2:], mode="area")
 
 
 def mask_loss(logits: torch.Tensor, masks: torch.Tensor, *, dice_weight: float = 0.0) -> torch.Tensor:
