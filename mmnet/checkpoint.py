@@ -76,6 +76,11 @@ def find_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
 
 
+# Model settings that checkpoints from before they existed were built with: the paper's text.
+# A config.json without them describes such a model, not one with today's defaults.
+EARLIER_MODEL = {"mask_sum": "logit", "word_logit_scale": None, "estimator_residual": False, "init": "pytorch"}
+
+
 def read_config(directory: Path) -> Config:
     path = directory / CONFIG_FILE
     if not path.is_file():
@@ -86,6 +91,10 @@ def read_config(directory: Path) -> Config:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: must be a JSON object of settings, got a {type(values).__name__}")
+    model = values.get("model")
+    if isinstance(model, dict):
+        for key, value in EARLIER_MODEL.items():
+            model.setdefault(key, value)
     try:
         return config_from_dict(values, source=str(path))
     except ConfigError as err:

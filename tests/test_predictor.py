@@ -178,6 +178,27 @@ def test_a_checkpoint_with_the_obsolete_estimator_score_bias_loads_with_equal_ou
         Predictor.from_pretrained(tmp_path / "ckpt", device="cpu")
 
 
+def test_a_checkpoint_from_before_the_departures_loads_as_the_paper_text_model(tmp_path):
+    import json
+
+    from mmnet.checkpoint import EARLIER_MODEL
+
+    paper_text = {"mask_sum": "logit", "word_logit_scale": None, "estimator_residual": False, "init": "pytorch"}
+    assert EARLIER_MODEL == paper_text
+    model = with_distinct_queries(build_tiny(num_queries=5, **paper_text))
+    config = Config(model=tiny_model_config(num_queries=5, **paper_text))
+    save_checkpoint(tmp_path / "old", model=model, config=config)
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in paper_text:
+        del saved["model"][key]  # as checkpoints were written before these settings existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    loaded = Predictor.from_pretrained(tmp_path / "old", device="cpu")
+    assert {key: getattr(loaded.config.model, key) for key in paper_text} == paper_text
+    image = picture()
+    expected = Predictor(model, config, device="cpu").predict(image, TEXTS[0]).probability
+    np.testing.assert_array_equal(loaded.predict(image, TEXTS[0]).probability, expected)
+
+
 def test_bad_images_and_expressions_are_clear_errors(tmp_path):
     predictor = tiny_predictor()
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
