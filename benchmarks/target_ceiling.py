@@ -21,23 +21,21 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def ceiling(dataset, *, side: int, mode: str, threshold: float) -> dict:
-    from mmnet.data.transforms import to_original
+    from mmnet.data.transforms import Letterbox, to_original
     from mmnet.metrics import intersection_union, summarize
+    from mmnet.modeling import target_for
 
     intersections, unions = [], []
     for i in range(len(dataset)):
         item = dataset[i]
         truth, g = item["mask"], item["geometry"]
-        canvas = torch.zeros(1, 1, g.size, g.size)
-        placed = F.interpolate(truth.float()[None, None], size=(g.resized_height, g.resized_width), mode="nearest")
-        canvas[..., g.pad_top : g.pad_top + g.resized_height, g.pad_left : g.pad_left + g.resized_width] = placed
-        target = F.interpolate(canvas, size=(side, side), mode=mode)[0, 0]
+        canvas = Letterbox(g.size).mask(truth, g)  # as training letterboxes it
+        target = target_for(torch.zeros(1, 1, side, side), canvas, resize=mode)[0, 0]
         intersection, union = intersection_union(to_original(target, g) > threshold, truth.bool())
         intersections.append(int(intersection))
         unions.append(int(union))

@@ -76,9 +76,10 @@ def find_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint at {path} (expected {path / MODEL_FILE})")
 
 
-# Model settings that checkpoints from before they existed were built with: the paper's text.
-# A config.json without them describes such a model, not one with today's defaults.
+# Settings that checkpoints from before they existed were built and trained with: the paper's
+# text. A config.json without them describes such a run, not one with today's defaults.
 EARLIER_MODEL = {"mask_sum": "logit", "word_logit_scale": None, "estimator_residual": False, "init": "pytorch"}
+EARLIER_TRAIN = {"query_loss": "none", "dice_weight": 0.0, "target_resize": "nearest"}
 
 
 def read_config(directory: Path) -> Config:
@@ -91,10 +92,10 @@ def read_config(directory: Path) -> Config:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: must be a JSON object of settings, got a {type(values).__name__}")
-    model = values.get("model")
-    if isinstance(model, dict):
-        for key, value in EARLIER_MODEL.items():
-            model.setdefault(key, value)
+    for section, earlier in (("model", EARLIER_MODEL), ("train", EARLIER_TRAIN)):
+        if isinstance(values.get(section), dict):
+            for key, value in earlier.items():
+                values[section].setdefault(key, value)
     try:
         return config_from_dict(values, source=str(path))
     except ConfigError as err:

@@ -27,6 +27,7 @@ class ConfigError(MMNetError, ValueError):
 MASK_SUMS = ("probability", "logit")
 INITS = ("he", "pytorch")
 QUERY_LOSSES = ("none", "all", "best")
+TARGET_RESIZES = ("area", "nearest")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -138,6 +139,9 @@ class TrainConfig:
     """Weight of the estimator's cross-entropy against the best query (``query_loss: best``)."""
     dice_weight: float = 0.0
     """Weight of a Dice loss beside every cross-entropy term; 0 is the paper's cross-entropy alone."""
+    target_resize: str = "area"
+    """How the ground truth is resized to the mask's 4H3 x 4W3: ``area`` (each cell the share of
+    it the object covers) or ``nearest`` (each cell wholly in or out)."""
     bf16: bool = True
     """bf16 autocast when training on a GPU (ignored on CPU)."""
     seed: int = 0
@@ -155,6 +159,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"train.{name} must be above 0, got {getattr(self, name)}")
         _check_choice("train.query_loss", self.query_loss, QUERY_LOSSES)
+        _check_choice("train.target_resize", self.target_resize, TARGET_RESIZES)
         for name in ("backbone_lr_mult", "weight_decay", "grad_clip", "query_loss_weight", "score_loss_weight", "dice_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")

@@ -31,7 +31,9 @@ def segment(predictor: Predictor, image: Optional[np.ndarray], text: Optional[st
     picture = Image.fromarray(image).convert("RGB")
     outlined = overlay(picture, result)
     order = np.argsort(-result.query_scores, kind="stable")
-    queries = [(spotlight(picture, result.query_masks[n]), f"query {n + 1}: {result.query_scores[n]:.2f}") for n in order]
+    # Without the Multi-Mask Projector the one mask is the prediction: nothing per query to show.
+    shown = order if len(result.query_masks) == len(order) else []
+    queries = [(spotlight(picture, result.query_masks[n]), f"query {n + 1}: {result.query_scores[n]:.2f}") for n in shown]
     attention = result.word_attention[order[0]]
     words = ", ".join(f"{token} {weight:.2f}" for token, weight in zip(result.tokens, attention))
     summary = (

@@ -107,7 +107,7 @@ def _ignore_interrupts(worker_id: int) -> None:
 # Settings that fix the course of a run: resuming with others would not continue it exactly.
 RUN_SETTINGS = (
     "epochs", "batch_size", "micro_batch_size", "lr", "lr_power", "backbone_lr_mult", "weight_decay", "grad_clip", "bf16", "seed",
-    "query_loss", "query_loss_weight", "score_loss_weight", "dice_weight",
+    "query_loss", "query_loss_weight", "score_loss_weight", "dice_weight", "target_resize",
 )
 DATA_SETTINGS = ("dataset", "split_by", "train_split", "text_blind")
 
@@ -277,8 +277,10 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
                     mmnet_loss,
                     query_loss=config.train.query_loss,
                     query_loss_weight=config.train.query_loss_weight,
-                    score_loss_weight=config.train.score_loss_weight,
+                    # Equal scores (w/o MQE, one query) have nothing to learn.
+                    score_loss_weight=config.train.score_loss_weight if model.estimator is not None else 0.0,
                     dice_weight=config.train.dice_weight,
+                    target_resize=config.train.target_resize,
                 ),
                 threshold=config.eval.threshold,
                 log=log,

@@ -58,6 +58,7 @@ def test_a_file_extends_its_base_and_round_trips(tmp_path):
         ("model.word_logit_scale=0", r"model.word_logit_scale must be above 0 or null"),
         ("train.query_loss=worst", r"train.query_loss must be one of none, all, best; got 'worst'"),
         ("train.dice_weight=-1", r"train.dice_weight must not be negative"),
+        ("train.target_resize=bilinear", r"train.target_resize must be one of area, nearest; got 'bilinear'"),
         ("modelnum_queries", r"not of the form section.key=value"),
         ("optimizer.lr=1", r"unknown setting 'optimizer'"),
     ],
@@ -110,9 +111,9 @@ def test_the_paper_text_config_is_the_ablation_setting_with_every_departure_undo
     text, ablation = configs["refcocoplus_rn50_ablation_paper_text"], configs["refcocoplus_rn50_ablation"]
     m, t = text.model, text.train
     assert (m.mask_sum, m.word_logit_scale, m.estimator_residual, m.init) == ("logit", None, False, "pytorch")
-    assert (t.query_loss, t.dice_weight) == ("none", 0.0)
+    assert (t.query_loss, t.dice_weight, t.target_resize) == ("none", 0.0, "nearest")
     assert dataclasses.replace(m, mask_sum="probability", word_logit_scale=10.0, estimator_residual=True, init="he") == ablation.model
-    assert dataclasses.replace(t, query_loss="best", output_dir=ablation.train.output_dir) == ablation.train
+    assert dataclasses.replace(t, query_loss="best", target_resize="area", output_dir=ablation.train.output_dir) == ablation.train
 
 
 def test_info_counts_parts_that_add_up():

@@ -222,7 +222,7 @@ def test_images_and_expressions_must_pair_up():
 def test_mask_loss_resizes_the_ground_truth_to_the_logits():
     logits = torch.tensor([[[[2.0, -1.0], [0.5, 0.0]]]])
     mask = torch.zeros(1, 1, 4, 4)
-    mask[..., :2, :2] = 1  # top-left quadrant -> top-left logit after nearest resizing
+    mask[..., :2, :2] = 1  # top-left quadrant -> top-left logit, wholly covered after resizing
     mask[..., 2:, 2:] = 1  # bottom-right quadrant -> bottom-right logit
     expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]))
     # Worked out by hand: mean of log(1+e^-2), log(1+e^-1), log(1+e^0.5), log(2).

@@ -191,3 +191,31 @@ def test_dice_term_is_one_minus_the_smoothed_dice_of_the_probabilities():
     bce = F.binary_cross_entropy_with_logits(logits, truth[:, None])
     torch.testing.assert_close(query_losses(logits, truth, dice_weight=2.0), (bce + 2.0 * (1 - 3 / 5)).reshape(1, 1))
     torch.testing.assert_close(query_losses(logits, truth), bce.reshape(1, 1))
+
+
+def test_log_sigmoid_stays_finite_where_log_of_sigmoid_does_not():
+    from mmnet.modeling.mmnet import _log_sigmoid
+
+    x = torch.tensor([-200.0, -100.0, -60.0, -1.0, 0.0, 1.0, 60.0, 100.0, 200.0])
+    torch.testing.assert_close(_log_sigmoid(x), F.logsigmoid(x))
+    assert torch.isinf(x.sigmoid().log()[0])  # the naive form, as ONNX exports F.logsigmoid
+
+
+def test_without_a_score_weight_there_is_no_score_term():
+    masks, log_scores = _mixture_inputs()
+    parts = mmnet_loss(_outputs(masks, log_scores), torch.zeros(2, 5, 4), query_loss="best", query_loss_weight=1.0, score_loss_weight=0.0)
+    assert set(parts) == {"mask", "query", "loss"}
+
+
+def test_he_initialisation_of_the_heads():
+    model = build_tiny(num_queries=4)
+    linear = model.query_generator.proj_a[0]  # W_a, C_word -> C, then a ReLU
+    fan_in = linear.weight.shape[1]
+    assert abs(linear.weight.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.15
+    assert torch.all(linear.bias == 0)
+    attention = model.estimator.attn.q_proj  # Xavier's uniform: |w| <= sqrt(6 / (fan_in + fan_out))
+    bound = (6 / sum(attention.weight.shape)) ** 0.5
+    assert attention.weight.abs().max() <= bound and attention.weight.abs().max() > 0.9 * bound
+    assert torch.all(attention.bias == 0)
+    default = build_tiny(num_queries=4, init="pytorch").query_generator.proj_a[0]
+    assert default.weight.std() < 0.7 * linear.weight.std()  # PyTorch's draws a third of He's variance

@@ -181,19 +181,23 @@ def test_a_checkpoint_with_the_obsolete_estimator_score_bias_loads_with_equal_ou
 def test_a_checkpoint_from_before_the_departures_loads_as_the_paper_text_model(tmp_path):
     import json
 
-    from mmnet.checkpoint import EARLIER_MODEL
+    from mmnet.checkpoint import EARLIER_MODEL, EARLIER_TRAIN
 
     paper_text = {"mask_sum": "logit", "word_logit_scale": None, "estimator_residual": False, "init": "pytorch"}
     assert EARLIER_MODEL == paper_text
+    assert EARLIER_TRAIN == {"query_loss": "none", "dice_weight": 0.0, "target_resize": "nearest"}
     model = with_distinct_queries(build_tiny(num_queries=5, **paper_text))
     config = Config(model=tiny_model_config(num_queries=5, **paper_text))
     save_checkpoint(tmp_path / "old", model=model, config=config)
     saved = json.loads((tmp_path / "old" / "config.json").read_text())
     for key in paper_text:
         del saved["model"][key]  # as checkpoints were written before these settings existed
+    for key in EARLIER_TRAIN:
+        del saved["train"][key]
     (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
     loaded = Predictor.from_pretrained(tmp_path / "old", device="cpu")
     assert {key: getattr(loaded.config.model, key) for key in paper_text} == paper_text
+    assert {key: getattr(loaded.config.train, key) for key in EARLIER_TRAIN} == EARLIER_TRAIN
     image = picture()
     expected = Predictor(model, config, device="cpu").predict(image, TEXTS[0]).probability
     np.testing.assert_array_equal(loaded.predict(image, TEXTS[0]).probability, expected)

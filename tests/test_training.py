@@ -202,6 +202,10 @@ def test_resume_refuses_other_run_settings(synth_root, tmp_path):
     train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu", stop_after_epochs=1)
     with pytest.raises(CheckpointError, match=r"trained with other settings \(train.epochs, train.lr, train.grad_clip\)"):
         train(tiny_run_config(synth_root, tmp_path / "run", epochs=3, lr=1e-4, grad_clip=0.5), device="cpu", resume="auto")
+    other_loss = tiny_run_config(synth_root, tmp_path / "run")
+    other_loss.train = dataclasses.replace(other_loss.train, query_loss="all", dice_weight=1.0, target_resize="nearest")
+    with pytest.raises(CheckpointError, match=r"other settings \(train.query_loss, train.dice_weight, train.target_resize\)"):
+        train(other_loss, device="cpu", resume="auto")
     other_data = tiny_run_config(synth_root, tmp_path / "run")
     other_data.data.train_split = "val"
     with pytest.raises(CheckpointError, match=r"trained with other settings \(data.train_split\)"):

@@ -67,7 +67,8 @@ def _dynamic_conv_by_patches(f_p: torch.Tensor, params: torch.Tensor) -> torch.T
 
 
 class MultiQueryEstimator(nn.Module):
-    """Scores each query in the context of the others: S_q = softmax(W_s MHSA(F_q)) (Eq. 15)."""
+    """Scores each query in the context of the others: S_q = softmax(W_s MHSA(F_q)) (Eq. 15), or
+    with the residual softmax(W_s (F_q + MHSA(F_q))); returns log S_q."""
 
     def __init__(self, *, dim: int, num_heads: int, dropout: float, residual: bool) -> None:
         """

@@ -38,9 +38,10 @@ def mixture_logit(query_masks: torch.Tensor, log_scores: torch.Tensor) -> torch.
         query_masks: B x N_q x h x w mask logits.
         log_scores: B x N_q, log S_q.
     Returns:
-        B x 1 x h x w.
+        B x 1 x h x w, float32.
     """
-    log_weight = log_scores[:, :, None, None].to(query_masks.dtype)
+    # In fp32 whatever the masks' precision: bf16 would round y's logit near 0 and 1.
+    query_masks, log_weight = query_masks.float(), log_scores[:, :, None, None].float()
     log_y = torch.logsumexp(log_weight + _log_sigmoid(query_masks), dim=1, keepdim=True)
     log_not_y = torch.logsumexp(log_weight + _log_sigmoid(-query_masks), dim=1, keepdim=True)
     return log_y - log_not_y

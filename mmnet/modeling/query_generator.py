@@ -86,6 +86,6 @@ class MultiQueryGenerator(nn.Module):
             # Eq. 9 on unit vectors: the plain product's spread over words is set by the features'
             # scale, which starts near 0 and so leaves every query the mean of its words.
             cosine = F.normalize(visual_keys, dim=-1, eps=1e-6) @ F.normalize(word_keys, dim=-1, eps=1e-6).transpose(1, 2)
-            logits = self.log_word_scale.exp() * cosine
+            logits = self.log_word_scale.exp() * cosine  # Eq. 9, scaled cosine
         attention = logits.masked_fill(padding[:, None, :], float("-inf")).softmax(dim=-1)
         return attention @ self.proj_tv(f_tv), attention  # Eq. 10
