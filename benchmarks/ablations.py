@@ -11,7 +11,8 @@ testA, ResNet-50, 50 epochs).
 Runs go to ``--jobs`` processes of ``--threads`` torch threads each: on two cores two runs of one
 thread train faster together than two runs of two threads one after the other. Each finished
 run is appended to ``<out>/runs.jsonl``; a second call with the same settings skips what is
-there, so an interrupted sweep continues where it stopped.
+there, so an interrupted sweep continues where it stopped; ``--report-only`` writes the table
+from what is there.
 
     python benchmarks/ablations.py                                      # every row, seeds 0 1 2
     python benchmarks/ablations.py --rows "Nq = 24 (full model)" "Nq = 1" --seeds 0
@@ -126,7 +127,7 @@ def run(args) -> dict:
         dict(name=name, overrides=overrides, seed=seed, config=args.config, data_root=str(data_root), out=str(out), epochs=args.epochs, threads=args.threads)
         for seed in args.seeds
         for name, overrides, _ in wanted
-        if (name, seed) not in done
+        if (name, seed) not in done and not args.report_only
     ]
     print(f"{len(tasks)} runs to train ({len(done)} done before) in {args.jobs} processes", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -139,7 +140,8 @@ def run(args) -> dict:
             print(f"== {result['name']}, seed {result['seed']}: testA mIoU {result['metrics']['testA']['mIoU']:.2f}", flush=True)
     runs = [done[(name, seed)] for name, _, _ in wanted for seed in args.seeds if (name, seed) in done]
     return {
-        "command": shlex.join(["python", "benchmarks/ablations.py", *args.argv]),
+        # The command that trains what the table shows (a report-only call reads it back).
+        "command": shlex.join(["python", "benchmarks/ablations.py", *(a for a in args.argv if a != "--report-only")]),
         **_settings(args),
         "machine": {"processor": platform.machine(), "jobs": args.jobs, "threads": args.threads, "torch": torch.__version__},
         "runs": runs,
@@ -310,6 +312,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument("--report-only", action="store_true", help="write the table from <out>/runs.jsonl without training")
     parser.add_argument("--out", default="runs/ablations")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "ablations.json"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "ablations.md"))
