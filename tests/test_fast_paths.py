@@ -15,10 +15,10 @@ from PIL import Image
 from mmnet import Predictor
 from mmnet.cli import main
 from mmnet.config import Config, EvalConfig
-from mmnet.modeling import MMNet
+from mmnet.modeling import MMNet, mmnet_loss
 from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
 from mmnet.modeling.mmnet import PARTS
-from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
+from tiny import TINY_IMAGE_SIZE, build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
 
 BACKBONES = ["RN-tiny", "ViT-tiny"]
 TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square"]
@@ -187,22 +187,26 @@ def test_predict_command_compiles_as_eval_compile_says_unless_told_otherwise(mon
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_under_bf16_autocast_the_model_runs_and_stays_near_fp32(backbone):
     """bf16 is the GPU path; CPU autocast runs the same ops in bf16. It cannot meet fp32
-    tolerance (8 bits of mantissa), so this pins that the model runs under it, that the logits
-    come out in bf16 and the probabilities stay near the fp32 ones, and that training gets
-    finite gradients for every parameter."""
+    tolerance (8 bits of mantissa), so this pins that the model runs under it, that the masks
+    come out in bf16 and their mixture (Eq. 16, kept in fp32) near the fp32 one, and that the
+    training loss gives finite gradients for every parameter."""
     model = with_distinct_queries(build_tiny(backbone, num_queries=5)).eval()
     images, tokens = random_images(2), tokens_for(TEXTS[:2])
     with torch.inference_mode():
         reference = model(images, tokens)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(images, tokens)
-    assert low["logits"].dtype == torch.bfloat16
+    assert low["query_masks"].dtype == torch.bfloat16 and low["logits"].dtype == torch.float32
     torch.testing.assert_close(low["logits"].float().sigmoid(), reference["logits"].sigmoid(), atol=0.05, rtol=0)
     # The scores are not compared: the queries' perturbed weights make the softmaxes of Eq. 9
     # and 15 sharp, and bf16 rounding moves a sharp softmax far. They must still be a softmax.
     torch.testing.assert_close(low["query_scores"].float().sum(dim=1), torch.ones(2), atol=1e-2, rtol=0)
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(images, tokens)["logits"].float().sigmoid().mean()
+        outputs = model(images, tokens)
+    truth = torch.zeros(2, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    truth[:, 8:40, 16:48] = 1
+    loss = mmnet_loss(outputs, truth, query_loss="best", query_loss_weight=1.0, score_loss_weight=0.1, dice_weight=1.0)["loss"]
+    assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
