@@ -10,9 +10,10 @@ testA, ResNet-50, 50 epochs).
 
 Runs go to ``--jobs`` processes of ``--threads`` torch threads each: on two cores two runs of one
 thread train faster together than two runs of two threads one after the other. Each finished
-run is appended to ``<out>/runs.jsonl``; a second call with the same settings skips what is
-there, so an interrupted sweep continues where it stopped; ``--report-only`` writes the table
-from what is there.
+run is appended to ``--runs-file`` (benchmarks/results/ablations_runs.jsonl, kept in the
+repository); a second call with the same settings skips what is there, so an interrupted sweep
+continues where it stopped, on this machine or another; ``--report-only`` writes the table from
+what is there.
 
     python benchmarks/ablations.py                                      # every row, seeds 0 1 2
     python benchmarks/ablations.py --rows "Nq = 24 (full model)" "Nq = 1" --seeds 0
@@ -121,7 +122,7 @@ def run(args) -> dict:
     unknown = set(args.rows or ()) - {r[0] for r in RUNS}
     if unknown:
         raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(r[0] for r in RUNS)}")
-    done_file = out / "runs.jsonl"
+    done_file = Path(args.runs_file)
     done = _read_done(done_file, args)
     tasks = [
         dict(name=name, overrides=overrides, seed=seed, config=args.config, data_root=str(data_root), out=str(out), epochs=args.epochs, threads=args.threads)
@@ -312,7 +313,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
-    parser.add_argument("--report-only", action="store_true", help="write the table from <out>/runs.jsonl without training")
+    parser.add_argument("--runs-file", default=str(REPO / "benchmarks" / "results" / "ablations_runs.jsonl"))
+    parser.add_argument("--report-only", action="store_true", help="write the table from --runs-file without training")
     parser.add_argument("--out", default="runs/ablations")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "ablations.json"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "ablations.md"))
