@@ -224,11 +224,11 @@ def trends(rows: dict[str, dict]) -> list[str]:
         difference = full["mean"]["testA mIoU"] - other["mean"]["testA mIoU"]
         spread = max(s for s in (full["sd"]["testA mIoU"], other["sd"]["testA mIoU"], 0.0) if s is not None)
         if difference > spread:
-            verdict = "the paper's ordering holds, by more than the seeds' sd"
+            verdict = "the full model is ahead by more than the seeds' sd"
         elif difference > 0:
             verdict = "the full model is ahead, but by less than the seeds' sd"
         else:
-            verdict = "the paper's ordering does not hold"
+            verdict = "the full model is not ahead" + ("; in the paper it is" if table.startswith("Table") else "")
         lines.append(
             f"- Full model against {name} ({table}): {difference:+.2f} testA mIoU (largest sd of the two {spread:.2f}): {verdict}."
         )
@@ -242,10 +242,19 @@ def trends(rows: dict[str, dict]) -> list[str]:
         )
     blind = rows.get("text-blind control")
     if blind is not None:
+        worth = full["mean"]["testA mIoU"] - blind["mean"]["testA mIoU"]
         lines.append(
             f"- Text-blind control: {blind['mean']['testA mIoU']:.2f} testA mIoU against {full['mean']['testA mIoU']:.2f} "
-            f"for the full model: the expressions are worth {full['mean']['testA mIoU'] - blind['mean']['testA mIoU']:.2f} points here."
+            f"for the full model: the expressions are worth {worth:.2f} points here."
         )
+        spread = max(s for s in (full["sd"]["testA mIoU"], blind["sd"]["testA mIoU"], 0.0) if s is not None)
+        if worth <= spread:
+            lines += [
+                "",
+                "At this budget the expressions are worth less than the seeds' spread: the models have hardly",
+                "begun to read, so the rows compare models that differ in how they would use words they do",
+                "not yet use, and no ordering between them can be read from this table.",
+            ]
     return lines
 
 
@@ -286,6 +295,13 @@ def markdown(results: dict) -> str:
     missing = [name for name, _, _ in RUNS if name not in rows]
     if missing:
         lines += ["", "Not run: " + ", ".join(missing) + "."]
+    short = [name for name, row in rows.items() if len(row["seeds"]) < len(seeds)]
+    if short:
+        lines += [
+            "",
+            f"Rows with fewer than {len(seeds)} seeds ({', '.join(short)}) were not finished when the sweep",
+            "was stopped; running the command below again trains only what is missing.",
+        ]
     lines += ["", "## Where the paper's ordering holds and where it does not", "", *trends(rows), ""]
     lines += [
         "The train column is wall-clock seconds per run, with "
