@@ -157,12 +157,12 @@ class MMNet(nn.Module):
         if not self.multi_mask:
             query_masks = self.projector(f_s, (scores[:, :, None] * f_q).sum(dim=1, keepdim=True))
             logits = query_masks
-        elif self.mask_sum == "probability":
-            query_masks = self.projector(f_s, f_q)
-            logits = mixture_logit(query_masks, log_scores)  # Eq. 16
         else:
             query_masks = self.projector(f_s, f_q)
-            logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16 over logits
+            if self.mask_sum == "probability":
+                logits = mixture_logit(query_masks, log_scores)  # Eq. 16
+            else:
+                logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16 over logits
         return {"logits": logits, "query_masks": query_masks, "query_scores": scores, "word_attention": word_attention}
 
     def compile(self, *args, **kwargs) -> None:
