@@ -92,7 +92,7 @@ def _forward(model, config, batch: int, mode: str, device: torch.device, plan: P
 
     def step():
         with torch.inference_mode(), autocast:
-            return model(images, tokens)["logits"]
+            return model(images, tokens).logits
 
     return step
 
@@ -105,7 +105,7 @@ def _decode(model, config, batch: int, mode: str, device: torch.device, plan: Pl
 
     def step():
         with torch.inference_mode(), autocast:
-            return model.decode(visual, tokens)["logits"]
+            return model.decode(visual, tokens).logits
 
     return step
 

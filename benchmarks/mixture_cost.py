@@ -39,13 +39,13 @@ def measure(backbone: str, batch: int, device: torch.device, *, warmup: int, rep
 
         def step():
             with torch.inference_mode():
-                return model.decode(visual, tokens)["logits"]
+                return model.decode(visual, tokens).logits
 
         return step
 
     def forward():
         with torch.inference_mode():
-            return model(images, tokens)["logits"]
+            return model(images, tokens).logits
 
     (default_times, text_times), _ = in_turns([decoder(m) for m, _ in built.values()], device, warmup=warmup, repeats=repeats)
     (forward_times,), _ = in_turns([forward], device, warmup=1, repeats=max(3, repeats // 3))

@@ -25,6 +25,7 @@ import torch
 from mmnet import distributed
 from mmnet.data.tokenizer import padding_mask
 from mmnet.metrics import iou
+from mmnet.modeling.mmnet import MMNetOutput
 
 LABELS = {
     "word_attention_entropy": "word entropy",
@@ -118,17 +119,17 @@ class QueryDiagnostics:
         """
         self._sums = torch.zeros(2, len(DIAGNOSTIC_NAMES), dtype=torch.float64, device=device)  # sums; counts
 
-    def update(self, *, outputs: dict[str, torch.Tensor], tokens: torch.Tensor) -> None:
+    def update(self, *, outputs: MMNetOutput, tokens: torch.Tensor) -> None:
         """
         Args:
-            outputs: the model's dict (``query_masks``, ``query_scores``, ``word_attention``) for B expressions.
+            outputs: the model's outputs for B expressions.
             tokens: B x L, their token ids.
         """
         values = (
-            word_attention_entropy(word_attention=outputs["word_attention"], tokens=tokens),
-            query_mask_iou(query_masks=outputs["query_masks"]),
-            score_spread(query_scores=outputs["query_scores"]),
-            score_entropy(query_scores=outputs["query_scores"]),
+            word_attention_entropy(word_attention=outputs.word_attention, tokens=tokens),
+            query_mask_iou(query_masks=outputs.query_masks),
+            score_spread(query_scores=outputs.query_scores),
+            score_entropy(query_scores=outputs.query_scores),
         )
         for column, value in enumerate(values):
             if value is not None:

@@ -98,7 +98,7 @@ def train_one_epoch(
         with no_sync:
             with autocast(ctx.device, bf16):
                 outputs = model(images, tokens)
-            logits = outputs["logits"]
+            logits = outputs.logits
             loss = loss_fn(outputs, masks)["loss"]
             (loss / accumulation).backward()
         step_loss += loss.detach() / accumulation
@@ -160,7 +160,7 @@ def train_one_epoch(
 
 def query_maps(outputs: dict[str, torch.Tensor], index: int, geometry) -> torch.Tensor:
     """Sample ``index``'s query probabilities at the original size, on the CPU: M x H x W."""
-    return to_original(outputs["query_masks"][index].float().sigmoid().cpu(), geometry)
+    return to_original(outputs.query_masks[index].float().sigmoid().cpu(), geometry)
 
 
 @torch.inference_mode()
@@ -194,7 +194,7 @@ def evaluate(
         with autocast(ctx.device, bf16):
             outputs = model(batch["image"].to(ctx.device), tokens)
         queries.update(outputs=outputs, tokens=tokens)
-        probs = outputs["logits"].float().sigmoid().cpu()
+        probs = outputs.logits.float().sigmoid().cpu()
         for b, geometry in enumerate(batch["geometry"]):
             probability = to_original(probs[b, 0], geometry)
             intersection, union = intersection_union(probability > threshold, batch["mask"][b].bool())

@@ -104,7 +104,7 @@ def save_panel(folder: Path, index: ReferIndex, batch, b: int, outputs, probabil
         probability=probability.numpy(),
         threshold=threshold,
         query_probabilities=list(queries.numpy()),
-        query_scores=[float(s) for s in outputs["query_scores"][b].float().cpu()],
+        query_scores=[float(s) for s in outputs.query_scores[b].float().cpu()],
         iou=value,
     )
     path = folder / f"{int(batch['sent_id'][b])}.png"

@@ -14,30 +14,17 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mmnet.errors import MMNetError
-from mmnet.modeling import MMNet
+from mmnet.modeling import MMNet, MMNetOutput
 
 INPUTS = ("images", "tokens")
-OUTPUTS = ("logits", "query_masks", "query_scores", "word_attention")
+OUTPUTS = MMNetOutput._fields  # ONNX names the outputs of the NamedTuple in its order
 OPSET = 18
 
 
 class ExportError(MMNetError):
     """The model could not be written as ONNX."""
-
-
-class _TupleOutputs(nn.Module):
-    """MMNet with its outputs as a tuple in the order of OUTPUTS, which ONNX names one by one."""
-
-    def __init__(self, model: MMNet) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.model(images, tokens)
-        return tuple(outputs[name] for name in OUTPUTS)
 
 
 def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
@@ -67,7 +54,7 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                _TupleOutputs(model),
+                model,
                 (images, tokens),
                 str(out),
                 input_names=list(INPUTS),

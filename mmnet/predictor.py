@@ -191,8 +191,8 @@ class Predictor:
             chunk = tokens[start : start + self.config.eval.batch_size]
             with autocast(self.device, bf16):
                 outputs = self.model.decode(visual, chunk.to(self.device))
-            probability = to_original(outputs["logits"][:, 0].float().sigmoid().cpu(), geometry)
-            query_masks = to_original(outputs["query_masks"].float().sigmoid().cpu(), geometry)
+            probability = to_original(outputs.logits[:, 0].float().sigmoid().cpu(), geometry)
+            query_masks = to_original(outputs.query_masks.float().sigmoid().cpu(), geometry)
             for b in range(chunk.shape[0]):
                 ids = chunk[b]
                 length = int((ids != 0).sum())
@@ -202,8 +202,8 @@ class Predictor:
                         mask=(probability[b] > self.threshold).numpy(),
                         probability=probability[b].numpy(),
                         query_masks=query_masks[b].numpy(),
-                        query_scores=outputs["query_scores"][b].float().cpu().numpy(),
-                        word_attention=outputs["word_attention"][b, :, :length].float().cpu().numpy(),
+                        query_scores=outputs.query_scores[b].float().cpu().numpy(),
+                        word_attention=outputs.word_attention[b, :, :length].float().cpu().numpy(),
                         tokens=[token_name(int(t)) for t in ids[:length]],
                         threshold=self.threshold,
                     )

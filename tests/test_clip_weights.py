@@ -168,7 +168,7 @@ def test_vit_position_embeddings_follow_the_patch_grid(tmp_path):
     torch.testing.assert_close(table[1:], bicubic_grid(clip.visual.positional_embedding.detach(), 6))
     with torch.no_grad():
         out = model(torch.randn(1, 3, 96, 96), tokens_for(["a"]))
-    assert out["logits"].shape == (1, 1, 24, 24)
+    assert out.logits.shape == (1, 1, 24, 24)
 
 
 def test_missing_weights_file(tmp_path):

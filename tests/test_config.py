@@ -102,8 +102,8 @@ def test_every_config_builds_at_the_paper_settings(path):
         model = build_mmnet(config.model, load_clip_weights=False)
         out = model(torch.empty(2, 3, config.model.image_size, config.model.image_size), torch.zeros(2, config.model.context_length, dtype=torch.long))
     side = 4 * config.model.image_size // (14 if "14" in config.model.backbone else 16)
-    assert out["logits"].shape == (2, 1, side, side)
-    assert out["query_masks"].shape == (2, config.model.num_queries, side, side)
+    assert out.logits.shape == (2, 1, side, side)
+    assert out.query_masks.shape == (2, config.model.num_queries, side, side)
 
 
 def test_the_paper_text_config_is_the_ablation_setting_with_every_departure_undone():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from mmnet.modeling import MMNetOutput
 from mmnet.diagnostics import (
     DIAGNOSTIC_NAMES,
     QueryDiagnostics,
@@ -69,8 +70,9 @@ def test_score_spread_and_entropy():
     assert score_entropy(query_scores=scores).tolist() == pytest.approx([0.7298467])
 
 
-def outputs_of(*, query_masks, query_scores, word_attention) -> dict[str, torch.Tensor]:
-    return {"query_masks": query_masks, "query_scores": query_scores, "word_attention": word_attention}
+def outputs_of(*, query_masks, query_scores, word_attention) -> MMNetOutput:
+    logits = query_masks[:, :1]
+    return MMNetOutput(logits=logits, query_masks=query_masks, query_scores=query_scores, word_attention=word_attention)
 
 
 def test_one_query_and_a_single_mask_leave_the_comparisons_undefined():
@@ -78,9 +80,9 @@ def test_one_query_and_a_single_mask_leave_the_comparisons_undefined():
     one_query = outputs_of(
         query_masks=torch.ones(2, 1, 2, 2), query_scores=torch.ones(2, 1), word_attention=torch.tensor([[[0.5, 0.5, 0]], [[1.0, 0, 0]]])
     )
-    assert query_mask_iou(query_masks=one_query["query_masks"]) is None
-    assert score_spread(query_scores=one_query["query_scores"]) is None
-    assert score_entropy(query_scores=one_query["query_scores"]) is None
+    assert query_mask_iou(query_masks=one_query.query_masks) is None
+    assert score_spread(query_scores=one_query.query_scores) is None
+    assert score_entropy(query_scores=one_query.query_scores) is None
     accumulated = QueryDiagnostics()
     accumulated.update(outputs=one_query, tokens=tokens)
     summary = accumulated.summary()
@@ -109,8 +111,8 @@ def test_two_batches_accumulate_to_the_means_of_one_batch_of_both():
     )
     whole, split = QueryDiagnostics(), QueryDiagnostics()
     whole.update(outputs=outputs, tokens=tokens)
-    split.update(outputs={k: v[:1] for k, v in outputs.items()}, tokens=tokens[:1])
-    split.update(outputs={k: v[1:] for k, v in outputs.items()}, tokens=tokens[1:])
+    split.update(outputs=MMNetOutput(*(v[:1] for v in outputs)), tokens=tokens[:1])
+    split.update(outputs=MMNetOutput(*(v[1:] for v in outputs)), tokens=tokens[1:])
     assert list(whole.summary()) == list(DIAGNOSTIC_NAMES)
     assert split.summary() == pytest.approx(whole.summary())
 

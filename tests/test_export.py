@@ -33,11 +33,11 @@ def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tm
         images, tokens = random_images(batch, seed=batch), tokens_for(TEXTS[:batch])
         with torch.no_grad():
             expected = model(images, tokens)
-        assert expected["query_scores"].std(dim=1).min() > 1e-3  # queries that differ, so a mix-up shows
+        assert expected.query_scores.std(dim=1).min() > 1e-3  # queries that differ, so a mix-up shows
         got = session.run(None, {"images": images.numpy(), "tokens": tokens.numpy()})
-        for name, value in zip(OUTPUTS, got):
-            assert value.shape == tuple(expected[name].shape)
-            assert np.abs(value - expected[name].numpy()).max() < 1e-4, name
+        for name, value, reference in zip(OUTPUTS, got, expected):
+            assert value.shape == tuple(reference.shape)
+            assert np.abs(value - reference.numpy()).max() < 1e-4, name
 
 
 def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -17,7 +17,7 @@ from mmnet.cli import main
 from mmnet.config import Config, EvalConfig
 from mmnet.modeling import MMNet, mmnet_loss
 from mmnet.modeling.mask_decoder import _dynamic_conv_by_patches
-from mmnet.modeling.mmnet import PARTS
+from mmnet.modeling.mmnet import PARTS, MMNetOutput
 from tiny import TINY_IMAGE_SIZE, build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
 
 BACKBONES = ["RN-tiny", "ViT-tiny"]
@@ -63,8 +63,8 @@ def test_the_built_model_holds_its_convolutions_in_channels_last_with_unchanged_
     images, tokens = random_images(3), tokens_for(TEXTS)
     with torch.no_grad():
         fast, reference = model(images, tokens), plain(images, tokens)
-    for key in ("logits", "query_masks", "query_scores", "word_attention"):
-        torch.testing.assert_close(fast[key], reference[key], atol=1e-4, rtol=1e-4)
+    for key in MMNetOutput._fields:
+        torch.testing.assert_close(getattr(fast, key), getattr(reference, key), atol=1e-4, rtol=1e-4)
     # contiguous images, as the predictor and evaluation feed them, still run the ResNet stages
     # in channels_last: the stem's weight sets the layout and the stages keep it
     if backbone.startswith("RN"):
@@ -114,9 +114,9 @@ def test_compile_compiles_every_part_and_keeps_the_outputs_of_forward_encode_and
         compiled = model(images, tokens)
         compiled_one_image = model.decode(model.encode_image(images[:1]), tokens)
     assert len(graphs) >= len(parts)  # dynamo traced each part (a part may break into several graphs)
-    for key in ("logits", "query_masks", "query_scores", "word_attention"):
-        torch.testing.assert_close(compiled[key], reference[key], atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(compiled_one_image[key], reference_one_image[key], atol=1e-4, rtol=1e-4)
+    for key in MMNetOutput._fields:
+        torch.testing.assert_close(getattr(compiled, key), getattr(reference, key), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(getattr(compiled_one_image, key), getattr(reference_one_image, key), atol=1e-4, rtol=1e-4)
 
 
 def test_a_model_without_an_estimator_compiles_the_parts_it_has():
@@ -135,8 +135,8 @@ def test_compiled_with_inductor_the_model_gives_the_eager_outputs():
         reference = model(images, tokens)
         model.compile()
         compiled = model(images, tokens)
-    for key in ("logits", "query_masks", "query_scores", "word_attention"):
-        torch.testing.assert_close(compiled[key], reference[key], atol=1e-4, rtol=1e-4)
+    for key in MMNetOutput._fields:
+        torch.testing.assert_close(getattr(compiled, key), getattr(reference, key), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("setting,argument,compiled", [(False, None, False), (True, None, True), (True, False, False), (False, True, True)])
@@ -196,11 +196,11 @@ def test_under_bf16_autocast_the_model_runs_and_stays_near_fp32(backbone):
         reference = model(images, tokens)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(images, tokens)
-    assert low["query_masks"].dtype == torch.bfloat16 and low["logits"].dtype == torch.float32
-    torch.testing.assert_close(low["logits"].float().sigmoid(), reference["logits"].sigmoid(), atol=0.05, rtol=0)
+    assert low.query_masks.dtype == torch.bfloat16 and low.logits.dtype == torch.float32
+    torch.testing.assert_close(low.logits.float().sigmoid(), reference.logits.sigmoid(), atol=0.05, rtol=0)
     # The scores are not compared: the queries' perturbed weights make the softmaxes of Eq. 9
     # and 15 sharp, and bf16 rounding moves a sharp softmax far. They must still be a softmax.
-    torch.testing.assert_close(low["query_scores"].float().sum(dim=1), torch.ones(2), atol=1e-2, rtol=0)
+    torch.testing.assert_close(low.query_scores.float().sum(dim=1), torch.ones(2), atol=1e-2, rtol=0)
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model(images, tokens)

@@ -25,10 +25,10 @@ def test_output_shapes(backbone):
     model = build_tiny(backbone, num_queries=5).eval()
     out = model(_images(), tokens_for(TEXTS))
     side = 4 * TINY_IMAGE_SIZE // 16
-    assert out["logits"].shape == (3, 1, side, side)
-    assert out["query_masks"].shape == (3, 5, side, side)
-    assert out["query_scores"].shape == (3, 5)
-    assert out["word_attention"].shape == (3, 5, 17)
+    assert out.logits.shape == (3, 1, side, side)
+    assert out.query_masks.shape == (3, 5, side, side)
+    assert out.query_scores.shape == (3, 5)
+    assert out.word_attention.shape == (3, 5, 17)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -42,8 +42,8 @@ def test_padding_tokens_do_not_change_output(backbone):
     assert not torch.equal(noisy, tokens)
     with torch.no_grad():
         clean_out, noisy_out = model(images, tokens), model(images, noisy)
-    for key in clean_out:
-        torch.testing.assert_close(noisy_out[key], clean_out[key], rtol=0, atol=1e-6, msg=key)
+    for key, noisy_value, clean_value in zip(clean_out._fields, noisy_out, clean_out):
+        torch.testing.assert_close(noisy_value, clean_value, rtol=0, atol=1e-6, msg=key)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -51,7 +51,7 @@ def test_word_attention_is_zero_on_padding_and_sums_to_one(backbone):
     model = build_tiny(backbone).eval()
     tokens = tokens_for(TEXTS)
     with torch.no_grad():
-        attention = model(_images(), tokens)["word_attention"]
+        attention = model(_images(), tokens).word_attention
     padding = torch.arange(17)[None] > tokens.argmax(dim=-1)[:, None]
     assert torch.all(attention.masked_select(padding[:, None, :].expand_as(attention)) == 0)
     assert torch.all(attention.masked_select(~padding[:, None, :].expand_as(attention)) > 0)
@@ -62,20 +62,20 @@ def test_query_scores_sum_to_one_and_weight_the_mask_probabilities():
     model = build_tiny().eval()
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
-    scores = out["query_scores"]
+    scores = out.query_scores
     torch.testing.assert_close(scores.sum(dim=-1), torch.ones(3))
     assert torch.all(scores > 0)
-    assert out["query_masks"].std(dim=1).mean() > 1e-2  # distinct masks, so the weighting is tested
-    expected = (scores[:, :, None, None] * out["query_masks"].sigmoid()).sum(dim=1, keepdim=True)  # Eq. 16
-    torch.testing.assert_close(out["logits"].sigmoid(), expected)
+    assert out.query_masks.std(dim=1).mean() > 1e-2  # distinct masks, so the weighting is tested
+    expected = (scores[:, :, None, None] * out.query_masks.sigmoid()).sum(dim=1, keepdim=True)  # Eq. 16
+    torch.testing.assert_close(out.logits.sigmoid(), expected)
 
 
 def test_logit_sum_weights_the_mask_logits():
     model = build_tiny(mask_sum="logit").eval()
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
-    expected = (out["query_scores"][:, :, None, None] * out["query_masks"]).sum(dim=1, keepdim=True)
-    torch.testing.assert_close(out["logits"], expected)
+    expected = (out.query_scores[:, :, None, None] * out.query_masks).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(out.logits, expected)
 
 
 def test_estimator_scores_queries_in_the_context_of_the_others():
@@ -99,9 +99,9 @@ def test_without_estimator_masks_are_averaged():
     assert model.estimator is None
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
-    assert out["query_masks"].std(dim=1).mean() > 1e-3  # the masks differ, so the mean is a real test
-    torch.testing.assert_close(out["query_scores"], torch.full((3, 4), 0.25))
-    torch.testing.assert_close(out["logits"].sigmoid(), out["query_masks"].sigmoid().mean(dim=1, keepdim=True))
+    assert out.query_masks.std(dim=1).mean() > 1e-3  # the masks differ, so the mean is a real test
+    torch.testing.assert_close(out.query_scores, torch.full((3, 4), 0.25))
+    torch.testing.assert_close(out.logits.sigmoid(), out.query_masks.sigmoid().mean(dim=1, keepdim=True))
 
 
 def test_without_multi_mask_the_scored_queries_make_one_mask():
@@ -118,10 +118,10 @@ def test_without_multi_mask_the_scored_queries_make_one_mask():
         expected_query = (scores[:, :, None] * f_q).sum(dim=1, keepdim=True)  # Table 3: sum_n S_qn F_qn
     assert scores.std(dim=1).min() > 1e-2 and (f_q - f_q.mean(dim=1, keepdim=True)).abs().max() > 1e-2
     assert not torch.allclose(expected_query, f_q.mean(dim=1, keepdim=True), atol=1e-4)  # weighting matters
-    assert out["query_masks"].shape[1] == 1
+    assert out.query_masks.shape[1] == 1
     torch.testing.assert_close(seen["query"], expected_query)
-    torch.testing.assert_close(out["logits"], out["query_masks"])
-    torch.testing.assert_close(out["query_scores"], scores)
+    torch.testing.assert_close(out.logits, out.query_masks)
+    torch.testing.assert_close(out.query_scores, scores)
 
 
 def test_without_global_visual_feature_the_words_feed_eq_9_and_10_directly():
@@ -134,7 +134,7 @@ def test_without_global_visual_feature_the_words_feed_eq_9_and_10_directly():
     model.query_generator.proj_tv.register_forward_hook(lambda module, args, output: seen.update(tv_in=args[0]))
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
-    assert out["logits"].shape[0] == 3
+    assert out.logits.shape[0] == 3
     assert seen["a_in"] is seen["f_t"] and seen["tv_in"] is seen["f_t"]  # F_tv := F_t (Eq. 8 left out)
 
 
@@ -143,8 +143,8 @@ def test_single_query_has_no_estimator_and_weight_one():
     assert model.estimator is None
     with torch.no_grad():
         out = model(_images(), tokens_for(TEXTS))
-    torch.testing.assert_close(out["query_scores"], torch.ones(3, 1))
-    torch.testing.assert_close(out["logits"], out["query_masks"])
+    torch.testing.assert_close(out.query_scores, torch.ones(3, 1))
+    torch.testing.assert_close(out.logits, out.query_masks)
 
 
 ABLATIONS = list(itertools.product(BACKBONES, [1, 3], [True, False], [True, False], [True, False]))
@@ -162,7 +162,7 @@ def test_every_ablation_trains_every_parameter(backbone, num_queries, multi_mask
             if name.endswith("bn3.weight"):
                 p.fill_(1.0)
     target = (random_images(3, seed=3)[:, :1] > 0).float()
-    loss = mask_loss(model(_images(), tokens_for(TEXTS))["logits"], target)
+    loss = mask_loss(model(_images(), tokens_for(TEXTS)).logits, target)
     loss.backward()
     assert torch.isfinite(loss)
     silent = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
@@ -177,9 +177,9 @@ def test_eval_output_of_a_sample_does_not_depend_on_its_batch(backbone):
         together = model(images, tokens)
         alone = model(images[1:2], tokens[1:2])
         other_company = model(torch.cat([images[1:2], random_images(1, seed=2)]), tokens[1:3])
-    for key in together:
-        torch.testing.assert_close(alone[key][0], together[key][1], msg=key)
-        torch.testing.assert_close(other_company[key][0], together[key][1], msg=key)
+    for key in together._fields:
+        torch.testing.assert_close(getattr(alone, key)[0], getattr(together, key)[1], msg=key)
+        torch.testing.assert_close(getattr(other_company, key)[0], getattr(together, key)[1], msg=key)
 
 
 def test_one_image_encoded_once_serves_many_expressions():
@@ -188,8 +188,8 @@ def test_one_image_encoded_once_serves_many_expressions():
     with torch.no_grad():
         shared = model.decode(model.encode_image(image), tokens)
         repeated = model(image.expand(3, -1, -1, -1), tokens)
-    for key in shared:
-        torch.testing.assert_close(shared[key], repeated[key], msg=key)
+    for key, one, many in zip(shared._fields, shared, repeated):
+        torch.testing.assert_close(one, many, msg=key)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 3, 64, 48), (2, 1, 64, 64), (3, 64, 64)])
@@ -258,7 +258,7 @@ def test_rn50_at_480_has_the_tensor_shapes_of_docs_model_md():
     assert tuple(attention.shape) == (2, 24, 17) and tuple(f_q.shape) == (2, 24, c)
     assert tuple(seen["f_s"].shape) == (2, c, 30, 30)
     assert tuple(seen["f_p"].shape) == (2, c // 2, 120, 120)
-    assert tuple(out["query_masks"].shape) == (2, 24, 120, 120) and tuple(out["logits"].shape) == (2, 1, 120, 120)
+    assert tuple(out.query_masks.shape) == (2, 24, 120, 120) and tuple(out.logits.shape) == (2, 1, 120, 120)
 
 
 @pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
@@ -268,6 +268,6 @@ def test_the_distinct_queries_helper_makes_the_queries_differ(backbone, seeds):
     model = with_distinct_queries(build_tiny(backbone, seed=seeds[0], num_queries=5), seed=seeds[1]).eval()
     with torch.no_grad():
         out = model(random_images(2), tokens_for(["the blue triangle", "sandwich by fork"]))
-    attention, scores = out["word_attention"], out["query_scores"]
+    attention, scores = out.word_attention, out.query_scores
     assert (attention[:, 0] - attention[:, 1]).abs().amax() > 0.05
     assert (scores.amax(dim=1) - scores.amin(dim=1)).min() > 0.05

@@ -10,7 +10,7 @@ from torch import nn
 
 from mmnet.modeling import mask_loss, mmnet_loss, query_losses, target_for
 from mmnet.modeling.mask_decoder import MultiMaskProjector
-from mmnet.modeling.mmnet import mixture_logit
+from mmnet.modeling.mmnet import MMNetOutput, mixture_logit
 from tiny import build_tiny, random_images, tokens_for
 
 TEXTS = ["the blue triangle", "sandwich by fork", "big red circle left of the green square", "the lowest disc"]
@@ -66,8 +66,10 @@ def test_query_losses_are_each_masks_bce():
     torch.testing.assert_close(per_query.mean(dim=0), expected)
 
 
-def _outputs(query_masks: torch.Tensor, log_scores: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"logits": mixture_logit(query_masks, log_scores), "query_masks": query_masks, "query_scores": log_scores.exp()}
+def _outputs(query_masks: torch.Tensor, log_scores: torch.Tensor) -> MMNetOutput:
+    scores = log_scores.exp()
+    attention = torch.zeros(*scores.shape, 1)
+    return MMNetOutput(logits=mixture_logit(query_masks, log_scores), query_masks=query_masks, query_scores=scores, word_attention=attention)
 
 
 def test_best_query_loss_pulls_only_the_winner_and_teaches_the_estimator_to_pick_it():
@@ -99,7 +101,7 @@ def test_all_query_loss_is_the_mean_and_none_is_the_mask_loss_alone():
     assert "score" not in every
     alone = mmnet_loss(outputs, target, query_loss="none", query_loss_weight=0.5, score_loss_weight=1.0)
     assert set(alone) == {"mask", "loss"}
-    torch.testing.assert_close(alone["loss"], mask_loss(outputs["logits"], target))
+    torch.testing.assert_close(alone["loss"], mask_loss(outputs.logits, target))
 
 
 def test_one_mask_gets_no_query_or_score_term():
@@ -153,13 +155,13 @@ def _query_spreads(backbone: str, seed: int, **changes) -> tuple[float, float, f
     tokens = tokens_for(TEXTS)
     with torch.no_grad():
         out = model(random_images(len(TEXTS), seed=seed), tokens)
-    attention = out["word_attention"]
+    attention = out.word_attention
     real = tokens.argmax(dim=-1) + 1  # tokens up to and including [EOS]
     entropy = -(attention * attention.clamp_min(1e-30).log()).sum(-1) / real.float().log()[:, None]
-    scores = out["query_scores"]
+    scores = out.query_scores
     return (
         entropy.mean().item(),
-        out["query_masks"].sigmoid().std(dim=1).mean().item(),
+        out.query_masks.sigmoid().std(dim=1).mean().item(),
         (scores.max(dim=1).values - scores.min(dim=1).values).mean().item(),
     )
 

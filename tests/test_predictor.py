@@ -43,8 +43,8 @@ def test_predictions_equal_the_model_forward_mapped_back_to_the_original_size():
     tokens = tokenize(TEXTS, predictor.config.model.context_length)
     with torch.no_grad():
         outputs = predictor.model(pixels[None].expand(len(TEXTS), -1, -1, -1), tokens)
-    probability = to_original(outputs["logits"][:, 0].sigmoid(), geometry)
-    query_masks = to_original(outputs["query_masks"].sigmoid(), geometry)
+    probability = to_original(outputs.logits[:, 0].sigmoid(), geometry)
+    query_masks = to_original(outputs.query_masks.sigmoid(), geometry)
 
     assert [r.text for r in results] == TEXTS
     assert 0.2 < results[0].mask.mean() < 0.8
@@ -57,9 +57,9 @@ def test_predictions_equal_the_model_forward_mapped_back_to_the_original_size():
         np.testing.assert_array_equal(result.mask, result.probability > predictor.threshold)
         undecided = np.abs(probability[b].numpy() - predictor.threshold) < 1e-5  # rounding may go either way
         assert np.array_equal(result.mask[~undecided], (probability[b].numpy() > predictor.threshold)[~undecided])
-        np.testing.assert_allclose(result.query_scores, outputs["query_scores"][b].numpy(), atol=2e-5)
+        np.testing.assert_allclose(result.query_scores, outputs.query_scores[b].numpy(), atol=2e-5)
         length = int((tokens[b] != 0).sum())
-        np.testing.assert_allclose(result.word_attention, outputs["word_attention"][b, :, :length].numpy(), atol=2e-5)
+        np.testing.assert_allclose(result.word_attention, outputs.word_attention[b, :, :length].numpy(), atol=2e-5)
         np.testing.assert_allclose(result.word_attention.sum(axis=1), 1.0, atol=1e-5)
         assert len(result.tokens) == length
         assert result.tokens[0] == "[SOS]" and result.tokens[-1] == "[EOS]"

@@ -162,7 +162,7 @@ def test_non_finite_gradient_with_a_finite_loss_stops_too(synth_root, tmp_path, 
     def poisoned(outputs, masks, **settings):
         calls["n"] += 1
         if calls["n"] == 2:
-            outputs = {**outputs, "logits": _NanGradient.apply(outputs["logits"])}
+            outputs = outputs._replace(logits=_NanGradient.apply(outputs.logits))
         return real_loss(outputs, masks, **settings)
 
     monkeypatch.setattr(train_module, "mmnet_loss", poisoned)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmnet.modeling.mmnet import MMNetOutput
+
 
 def target_for(logits: torch.Tensor, masks: torch.Tensor, *, resize: str = "area") -> torch.Tensor:
     """The ground truth B x 1 x H x W (or B x H x W) in {0, 1}, resized to the logits' h x w.
@@ -60,7 +62,7 @@ def query_losses(query_masks: torch.Tensor, masks: torch.Tensor, *, dice_weight:
 
 
 def mmnet_loss(
-    outputs: dict[str, torch.Tensor],
+    outputs: MMNetOutput,
     masks: torch.Tensor,
     *,
     query_loss: str,
@@ -81,8 +83,8 @@ def mmnet_loss(
     Without several masks (N_q = 1, or w/o MMP) the per-query terms are left out; a model without
     an estimator (w/o MQE) is trained with ``score_loss_weight`` 0, which leaves out the score term.
     """
-    parts = {"mask": mask_loss(outputs["logits"], masks, dice_weight=dice_weight, resize=target_resize)}
-    query_masks, scores = outputs["query_masks"], outputs["query_scores"]
+    parts = {"mask": mask_loss(outputs.logits, masks, dice_weight=dice_weight, resize=target_resize)}
+    query_masks, scores = outputs.query_masks, outputs.query_scores
     if query_loss != "none" and query_masks.shape[1] > 1:
         per_query = query_losses(query_masks, masks, dice_weight=dice_weight, resize=target_resize)
         if query_loss == "all":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -25,6 +25,20 @@ PARTS = {
     "decoder": ("decoder",),
     "heads": ("projector", "estimator"),
 }
+
+
+class MMNetOutput(NamedTuple):
+    """What MMNet says about B expressions, on the letterboxed canvas at 1/4 of the input side
+    (4H3 x 4W3); ``mmnet.postprocess`` carries it to the original image size."""
+
+    logits: torch.Tensor
+    """B x 1 x 4H3 x 4W3, the logit of the final mask y (Eq. 16): sigmoid(logits) = y."""
+    query_masks: torch.Tensor
+    """B x N_q x 4H3 x 4W3 logits of each query's mask (B x 1 x ... without MMP)."""
+    query_scores: torch.Tensor
+    """B x N_q, S_q (Eq. 15), summing to 1."""
+    word_attention: torch.Tensor
+    """B x N_q x L, A (Eq. 9), 0 on padding and summing to 1 over words."""
 
 
 def mixture_logit(query_masks: torch.Tensor, log_scores: torch.Tensor) -> torch.Tensor:
@@ -120,16 +134,11 @@ class MMNet(nn.Module):
             )
         return self.image_encoder(images)
 
-    def decode(self, visual: VisualFeatures, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def decode(self, visual: VisualFeatures, tokens: torch.Tensor) -> MMNetOutput:
         """
         Args:
             visual: from ``encode_image``, for B images, or for one image shared by all expressions.
             tokens: B x L token ids of the expressions.
-        Returns:
-            ``logits``: B x 1 x 4H3 x 4W3, the logit of the final mask y (Eq. 16): sigmoid(logits) = y;
-            ``query_masks``: B x N_q x 4H3 x 4W3 logits of each query's mask (B x 1 x ... without MMP);
-            ``query_scores``: B x N_q, S_q (Eq. 15), summing to 1;
-            ``word_attention``: B x N_q x L, A (Eq. 9), 0 on padding and summing to 1 over words.
         """
         if tokens.dtype not in (torch.int64, torch.int32):
             raise MMNetError(f"tokens must be integer ids (int64), got {tokens.dtype}; tokenize with mmnet.data.tokenizer.tokenize")
@@ -144,7 +153,7 @@ class MMNet(nn.Module):
         elif visual.f_v3.shape[0] != batch:
             raise MMNetError(f"{visual.f_v3.shape[0]} images but {batch} expressions")
 
-        f_t, f_tg, padding = self.text_encoder(tokens)
+        f_t, f_tg, padding = self.text_encoder(tokens)  # TextFeatures
         f_ot = self.fusion_neck(visual.f_v2, visual.f_v3, visual.f_v4, f_tg)
         height, width = f_ot.shape[-2:]
         f_q, word_attention = self.query_generator(visual, f_t, padding)
@@ -163,7 +172,7 @@ class MMNet(nn.Module):
                 logits = mixture_logit(query_masks, log_scores)  # Eq. 16
             else:
                 logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16 over logits
-        return {"logits": logits, "query_masks": query_masks, "query_scores": scores, "word_attention": word_attention}
+        return MMNetOutput(logits=logits, query_masks=query_masks, query_scores=scores, word_attention=word_attention)
 
     def compile(self, *args, **kwargs) -> None:
         """Compiles each part in place with ``torch.compile(*args, **kwargs)``.
@@ -180,12 +189,10 @@ class MMNet(nn.Module):
                 if part is not None:
                     part.compile(*args, **kwargs)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> MMNetOutput:
         """
         Args:
             images: B x 3 x S x S, CLIP-normalised.
             tokens: B x L.
-        Returns:
-            the dict of ``decode``.
         """
         return self.decode(self.encode_image(images), tokens)

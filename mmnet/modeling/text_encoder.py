@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 from mmnet.data.tokenizer import padding_mask
+
+
+class TextFeatures(NamedTuple):
+    words: torch.Tensor
+    """F_t: B x L x C_text, every token after the final layer norm."""
+    sentence: torch.Tensor
+    """F_tg: B x C', the [EOS] token, projected."""
+    padding: torch.Tensor
+    """B x L, True after [EOS]."""
 
 
 class TextEncoder(nn.Module):
@@ -27,13 +38,11 @@ class TextEncoder(nn.Module):
         self.width = clip.ln_final.normalized_shape[0]
         self.output_dim = clip.text_projection.shape[1] if isinstance(clip.text_projection, torch.Tensor) else clip.text_projection.out_features
 
-    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor) -> TextFeatures:
         """
         Args:
             tokens: B x L token ids, [SOS] .. [EOS] then padding. [EOS] has the largest id of
                 the vocabulary, so its position is the first argmax.
-        Returns:
-            F_t: B x L x C_text; F_tg: B x C'; padding: B x L, True after [EOS].
         """
         x = self.token_embedding(tokens) + self.positional_embedding.to(self.token_embedding.weight.dtype)
         # The causal mask keeps every token up to [EOS] blind to the padding that follows it.
@@ -44,4 +53,4 @@ class TextEncoder(nn.Module):
             f_tg = self.text_projection(f_eos)
         else:
             f_tg = f_eos @ self.text_projection
-        return f_t, f_tg, padding_mask(tokens)
+        return TextFeatures(words=f_t, sentence=f_tg, padding=padding_mask(tokens))
