@@ -23,7 +23,7 @@ from common import VARIANTS, arguments, build, in_fresh_process, inputs, median_
 
 
 def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool, warmup: int, repeats: int, threads: int) -> dict:
-    from mmnet.engine import autocast
+    from mmnet.device import autocast
     from mmnet.config import TrainConfig
     from mmnet.modeling import mmnet_loss
 
@@ -42,7 +42,7 @@ def measure(*, backbone: str, variant: str, device: str, batch: int, bf16: bool,
     settings = {k: getattr(defaults, k) for k in ("query_loss", "query_loss_weight", "score_loss_weight")}
 
     def step():
-        with autocast(device, bf16):
+        with autocast(device, "bf16" if bf16 else "fp32"):
             outputs = model(images, tokens)
         loss = mmnet_loss(outputs, masks, **settings)["loss"]
         loss.backward()

@@ -27,6 +27,7 @@ class ConfigError(MMNetError, ValueError):
 MASK_SUMS = ("probability", "logit")
 INITS = ("he", "pytorch")
 QUERY_LOSSES = ("none", "all", "best")
+PRECISIONS = ("auto", "fp32", "bf16")
 TARGET_RESIZES = ("area", "nearest")
 
 
@@ -174,12 +175,16 @@ class EvalConfig:
     """torch.compile the model (`MMNet.compile`) in `mmnet eval`, `mmnet predict` and the
     predictor; validation during training stays eager. The first batch of each new shape waits
     for the compiler; docs/performance.md has what it gains where it was measured."""
+    precision: str = "auto"
+    """What `mmnet eval`, validation, the predictor and `mmnet serve` compute in: ``auto`` (bf16
+    autocast on a GPU, fp32 on a CPU), ``fp32``, or ``bf16`` (autocast on any device)."""
 
     def validate(self) -> None:
         if not 0 < self.threshold < 1:
             raise ConfigError(f"eval.threshold must lie between 0 and 1, got {self.threshold}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be at least 1, got {self.batch_size}")
+        _check_choice("eval.precision", self.precision, PRECISIONS)
 
 
 @dataclass

@@ -1,21 +1,20 @@
-"""The two loops: one training epoch, and evaluation at the original image resolution."""
+"""The training loop: one epoch of optimizer steps, and the learning-rate schedule."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from mmnet import distributed
-from mmnet.data.transforms import to_original
-from mmnet.diagnostics import QueryDiagnostics
+from mmnet.device import autocast
 from mmnet.errors import MMNetError
-from mmnet.metrics import intersection_union, iou, summarize
+from mmnet.metrics import intersection_union, iou
 from mmnet.modeling import target_for
 
 
@@ -36,13 +35,6 @@ class TrainState:
     """Optimizer steps taken in the epoch in progress."""
     best_miou: float = -1.0
     history: list = field(default_factory=list)
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on GPUs (no loss scaling needed); full precision on CPUs."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def batch_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -96,7 +88,7 @@ def train_one_epoch(
         last_micro = (index + 1) % accumulation == 0
         no_sync = model.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
         with no_sync:
-            with autocast(ctx.device, bf16):
+            with autocast(ctx.device, "auto" if bf16 else "fp32"):
                 outputs = model(images, tokens)
             logits = outputs.logits
             loss = loss_fn(outputs, masks)["loss"]
@@ -156,67 +148,6 @@ def train_one_epoch(
             return True
     bar.close()
     return False
-
-
-def query_maps(outputs: dict[str, torch.Tensor], index: int, geometry) -> torch.Tensor:
-    """Sample ``index``'s query probabilities at the original size, on the CPU: M x H x W."""
-    return to_original(outputs.query_masks[index].float().sigmoid().cpu(), geometry)
-
-
-@torch.inference_mode()
-def evaluate(
-    *,
-    model: nn.Module,
-    loader,
-    ctx: distributed.Context,
-    threshold: float,
-    bf16: bool,
-    desc: str = "eval",
-    on_sample: Optional[Callable[[dict[str, Any], int, dict[str, torch.Tensor], torch.Tensor, float], None]] = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Predicts every expression of this process's shard, compares at the original resolution,
-    and gathers all processes' records.
-
-    Args:
-        model: MMNet (not wrapped in DDP: shards may differ in length).
-        on_sample: called as (batch, index in batch, outputs, probability map, IoU) for each
-            expression, e.g. to draw it.
-    Returns:
-        the summary (mIoU, oIoU, Pr@X in percent, count, and under ``diagnostics`` the split's
-        means of ``mmnet.diagnostics``) and one record per expression (sent_id, ref_id,
-        image_id, intersection, union, iou).
-    """
-    model.eval()
-    records = []
-    queries = QueryDiagnostics(device=ctx.device)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
-        tokens = batch["tokens"].to(ctx.device)
-        with autocast(ctx.device, bf16):
-            outputs = model(batch["image"].to(ctx.device), tokens)
-        queries.update(outputs=outputs, tokens=tokens)
-        probs = outputs.logits.float().sigmoid().cpu()
-        for b, geometry in enumerate(batch["geometry"]):
-            probability = to_original(probs[b, 0], geometry)
-            intersection, union = intersection_union(probability > threshold, batch["mask"][b].bool())
-            value = float(iou(intersection, union))
-            records.append(
-                {
-                    "sent_id": int(batch["sent_id"][b]),
-                    "ref_id": int(batch["ref_id"][b]),
-                    "image_id": int(batch["image_id"][b]),
-                    "intersection": int(intersection),
-                    "union": int(union),
-                    "iou": value,
-                }
-            )
-            if on_sample is not None:
-                on_sample(batch, b, outputs, probability, value)
-    records = [r for shard in distributed.all_gather_objects(records) for r in shard]
-    records.sort(key=lambda r: r["sent_id"])
-    diagnostics = queries.summary()
-    if not records:
-        raise MMNetError("the evaluation split holds no expressions")
-    return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
 
 
 def steps_per_epoch(samples_per_process: int, micro_batch: int, accumulation: int) -> int:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
+import torch
+from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from mmnet import diagnostics, distributed
 from mmnet.build import build_mmnet
@@ -16,9 +19,74 @@ from mmnet.config import Config, ConfigError, load_config, with_overrides
 from mmnet.data.datasets import ReferEvalDataset, collate_eval
 from mmnet.data.images import load_image
 from mmnet.data.refer import ReferIndex
-from mmnet.engine import evaluate, query_maps
-from mmnet.metrics import format_table
+from mmnet.device import autocast
+from mmnet.diagnostics import QueryDiagnostics
+from mmnet.data.transforms import to_original
+from mmnet.errors import MMNetError
+from mmnet.metrics import format_table, intersection_union, iou, summarize
+from mmnet.modeling import MMNetOutput
 from mmnet.visualize import expression_panel
+
+
+def query_maps(outputs: MMNetOutput, index: int, geometry) -> torch.Tensor:
+    """Sample ``index``'s query probabilities at the original size, on the CPU: M x H x W."""
+    return to_original(outputs.query_masks[index].float().sigmoid().cpu(), geometry)
+
+
+@torch.inference_mode()
+def evaluate(
+    *,
+    model: nn.Module,
+    loader,
+    ctx: distributed.Context,
+    threshold: float,
+    precision: str,
+    desc: str = "eval",
+    on_sample: Optional[Callable[[dict[str, Any], int, dict[str, torch.Tensor], torch.Tensor, float], None]] = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Predicts every expression of this process's shard, compares at the original resolution,
+    and gathers all processes' records.
+
+    Args:
+        model: MMNet (not wrapped in DDP: shards may differ in length).
+        on_sample: called as (batch, index in batch, outputs, probability map, IoU) for each
+            expression, e.g. to draw it.
+    Returns:
+        the summary (mIoU, oIoU, Pr@X in percent, count, and under ``diagnostics`` the split's
+        means of ``mmnet.diagnostics``) and one record per expression (sent_id, ref_id,
+        image_id, intersection, union, iou).
+    """
+    model.eval()
+    records = []
+    queries = QueryDiagnostics(device=ctx.device)
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
+        tokens = batch["tokens"].to(ctx.device)
+        with autocast(ctx.device, precision):
+            outputs = model(batch["image"].to(ctx.device), tokens)
+        queries.update(outputs=outputs, tokens=tokens)
+        probs = outputs.logits.float().sigmoid().cpu()
+        for b, geometry in enumerate(batch["geometry"]):
+            probability = to_original(probs[b, 0], geometry)
+            intersection, union = intersection_union(probability > threshold, batch["mask"][b].bool())
+            value = float(iou(intersection, union))
+            records.append(
+                {
+                    "sent_id": int(batch["sent_id"][b]),
+                    "ref_id": int(batch["ref_id"][b]),
+                    "image_id": int(batch["image_id"][b]),
+                    "intersection": int(intersection),
+                    "union": int(union),
+                    "iou": value,
+                }
+            )
+            if on_sample is not None:
+                on_sample(batch, b, outputs, probability, value)
+    records = [r for shard in distributed.all_gather_objects(records) for r in shard]
+    records.sort(key=lambda r: r["sent_id"])
+    diagnostics = queries.summary()
+    if not records:
+        raise MMNetError("the evaluation split holds no expressions")
+    return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
 
 
 def _config_for(checkpoint: Path, config_path: Optional[str], overrides: list[str]) -> Config:
@@ -83,7 +151,7 @@ def evaluate_checkpoint(
                 loader=loader,
                 ctx=ctx,
                 threshold=config.eval.threshold,
-                bf16=config.train.bf16,
+                precision=config.eval.precision,
                 desc=split,
                 on_sample=draw if vis_dir is not None else None,
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mmnet.data.tokenizer import shortest_tokens
 from mmnet.errors import MMNetError
 from mmnet.modeling import MMNet, MMNetOutput
 
@@ -47,8 +48,7 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
         raise ExportError(f"{out.parent}: cannot be made a folder for the export ({err.strerror or err})") from None
     model = copy.deepcopy(model).float().cpu().eval()  # the caller's model keeps its device, dtype and mode
     images = torch.zeros(batch_size, 3, model.image_size, model.image_size)
-    tokens = torch.zeros(batch_size, model.context_length, dtype=torch.long)
-    tokens[:, 0], tokens[:, 1] = 49406, 49407  # [SOS] [EOS]: the shortest expression
+    tokens = shortest_tokens(batch_size, model.context_length)
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

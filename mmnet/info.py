@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mmnet.build import build_mmnet
 from mmnet.config import ModelConfig, load_config
+from mmnet.data.tokenizer import EOS, SOS
 from mmnet.modeling.mmnet import PARTS, MMNet
 
 
@@ -18,7 +19,7 @@ def dummy_inputs(config: ModelConfig, batch: int = 1) -> tuple[torch.Tensor, tor
     """A random image batch and expressions of the full configured length."""
     images = torch.randn(batch, 3, config.image_size, config.image_size)
     tokens = torch.randint(1, 49000, (batch, config.context_length))
-    tokens[:, 0], tokens[:, -1] = 49406, 49407
+    tokens[:, 0], tokens[:, -1] = SOS, EOS
     return images, tokens
 
 

@@ -27,9 +27,9 @@ from mmnet.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError, find_chec
 from mmnet.config import Config, ConfigError
 from mmnet.data.errors import DataError
 from mmnet.data.images import as_rgb, load_image
-from mmnet.data.tokenizer import _clip_tokenizer, tokenize
+from mmnet.data.tokenizer import token_name, tokenize
 from mmnet.data.transforms import Letterbox, to_original
-from mmnet.engine import autocast
+from mmnet.device import autocast, choose_device
 from mmnet.errors import MMNetError
 from mmnet.modeling import MMNet
 from mmnet.visualize import PREDICTION, spotlight
@@ -135,9 +135,7 @@ class Predictor:
             compile: compile ``model``'s parts in place with torch.compile (default
                 ``config.eval.compile``); the first prediction at each batch size waits for it.
         """
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device cuda was asked for, but torch sees no GPU here; use --device cpu")
+        self.device = choose_device(device)
         self.model = model.to(self.device).eval()
         self.config = config
         self.threshold = config.eval.threshold if threshold is None else threshold
@@ -183,13 +181,13 @@ class Predictor:
         picture = _as_image(image)
         pixels, geometry = self.letterbox(picture)
         tokens = tokenize(texts, self.config.model.context_length)
-        bf16 = self.config.train.bf16
-        with autocast(self.device, bf16):
+        precision = self.config.eval.precision
+        with autocast(self.device, precision):
             visual = self.model.encode_image(pixels[None].to(self.device))
         results = []
         for start in range(0, len(texts), self.config.eval.batch_size):
             chunk = tokens[start : start + self.config.eval.batch_size]
-            with autocast(self.device, bf16):
+            with autocast(self.device, precision):
                 outputs = self.model.decode(visual, chunk.to(self.device))
             probability = to_original(outputs.logits[:, 0].float().sigmoid().cpu(), geometry)
             query_masks = to_original(outputs.query_masks.float().sigmoid().cpu(), geometry)
@@ -209,15 +207,6 @@ class Predictor:
                     )
                 )
         return results[0] if single else results
-
-
-SPECIAL_TOKENS = {"<start_of_text>": "[SOS]", "<end_of_text>": "[EOS]"}
-
-
-def token_name(token: int) -> str:
-    """A BPE token id as text: 'blue', '[SOS]', '[EOS]' (the end-of-word mark dropped)."""
-    name = _clip_tokenizer().decoder[token]
-    return SPECIAL_TOKENS.get(name, name.replace("</w>", ""))
 
 
 def _slug(text: str, limit: int = 40) -> str:

@@ -37,7 +37,8 @@ from mmnet.checkpoint import (
 from mmnet.config import Config, ConfigError, config_to_dict, load_config, save_config
 from mmnet.data.datasets import ReferEvalDataset, ReferTrainDataset, collate_eval
 from mmnet.data.refer import ReferIndex
-from mmnet.engine import TrainState, evaluate, poly_schedule, steps_per_epoch, train_one_epoch
+from mmnet.engine import TrainState, poly_schedule, steps_per_epoch, train_one_epoch
+from mmnet.evaluate import evaluate
 from mmnet.modeling import MMNet, mmnet_loss
 
 PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
@@ -294,7 +295,7 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
                 break
             distributed.broadcast_buffers(model)  # every process validates and saves the same model
             metrics, _ = evaluate(
-                model=model, loader=val_loader, ctx=ctx, threshold=config.eval.threshold, bf16=config.train.bf16, desc=f"val {state.epoch + 1}"
+                model=model, loader=val_loader, ctx=ctx, threshold=config.eval.threshold, precision=config.eval.precision, desc=f"val {state.epoch + 1}"
             )
             state.epoch += 1
             state.epoch_step = 0

@@ -3,7 +3,8 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 
 from mmnet.data.errors import DataError
-from mmnet.data.tokenizer import padding_mask, tokenize, word_tokens
+from mmnet.data import tokenizer
+from mmnet.data.tokenizer import padding_mask, shortest_tokens, token_name, tokenize, word_tokens
 
 CLIP = SimpleTokenizer()
 SOS, EOS = CLIP.sot_token_id, CLIP.eot_token_id
@@ -55,3 +56,10 @@ def test_padding_is_every_token_after_eos():
     # "the blue triangle" is 3 words: [SOS] 3 words [EOS] at 0..4, padding at 5..7; [SOS][EOS] pads from 2.
     tokens = tokenize(["the blue triangle", ""], 8, allow_empty=True)
     assert padding_mask(tokens).tolist() == [[False] * 5 + [True] * 3, [False] * 2 + [True] * 6]
+
+
+def test_special_ids_and_token_names_are_the_tokenizers_own():
+    assert (tokenizer.SOS, tokenizer.EOS) == (SOS, EOS) and EOS == max(CLIP.decoder)
+    tokens = tokenize("the blue triangle", 8)[0].tolist()
+    assert [token_name(t) for t in tokens[:5]] == ["[SOS]", "the", "blue", "triangle", "[EOS]"]
+    assert shortest_tokens(2, 5).tolist() == [[SOS, EOS, 0, 0, 0]] * 2

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from mmnet.data.tokenizer import EOS, SOS
 from mmnet.modeling import MMNetOutput
 from mmnet.diagnostics import (
     DIAGNOSTIC_NAMES,
@@ -18,7 +19,6 @@ from mmnet.diagnostics import (
     word_attention_entropy,
 )
 
-SOS, EOS = 49406, 49407  # [EOS] is the largest id of the vocabulary
 
 
 def test_word_attention_entropy_is_normalised_over_the_real_tokens_of_each_expression():

@@ -10,6 +10,8 @@ from PIL import Image
 from mmnet import Prediction, Predictor
 from mmnet.checkpoint import CheckpointError, save_checkpoint
 from mmnet.cli import main
+from mmnet import distributed
+from mmnet.device import DeviceError, choose_device
 from mmnet.config import Config, ConfigError, EvalConfig
 from mmnet.data.errors import DataError
 from mmnet.data.tokenizer import tokenize
@@ -233,8 +235,13 @@ def test_a_config_json_that_is_not_a_config_is_refused_naming_it(tmp_path):
 
 def test_a_gpu_asked_for_where_there_is_none_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match=r"device cuda was asked for, but torch sees no GPU"):
+    with pytest.raises(DeviceError, match=r"device cuda was asked for, but torch sees no GPU"):
         Predictor(build_tiny(num_queries=5), Config(model=tiny_model_config(num_queries=5)), device="cuda")
+    with pytest.raises(DeviceError, match=r"device cuda:1 was asked for"):  # training and evaluation choose the same way
+        distributed.init("cuda:1")
+    with pytest.raises(DeviceError, match=r"unknown device 'gpu'"):
+        choose_device("gpu")
+    assert choose_device(None) == torch.device("cpu")
 
 
 def test_predict_command_writes_a_mask_and_an_overlay_per_expression(tmp_path, capsys):

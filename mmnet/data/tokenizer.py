@@ -11,6 +11,13 @@ from open_clip.tokenizer import SimpleTokenizer
 from mmnet.data.errors import DataError
 
 
+SOS = 49406
+"""The id of [SOS], <start_of_text> in CLIP's vocabulary."""
+EOS = 49407
+"""The id of [EOS], <end_of_text>: the largest id of the vocabulary."""
+_NAMES = {SOS: "[SOS]", EOS: "[EOS]"}
+
+
 @lru_cache(maxsize=1)
 def _clip_tokenizer() -> SimpleTokenizer:
     # The BPE vocabulary ships inside open_clip; nothing is downloaded.
@@ -42,6 +49,18 @@ def tokenize(texts: str | Sequence[str], context_length: int, *, allow_empty: bo
             if not word_tokens(text):
                 raise DataError(f"expression {text!r} is empty: it has no words to tokenise")
     return _clip_tokenizer()(list(texts), context_length=context_length)
+
+
+def token_name(token: int) -> str:
+    """A token id as text: 'blue', '[SOS]', '[EOS]' (the end-of-word mark dropped)."""
+    return _NAMES.get(token) or _clip_tokenizer().decoder[token].replace("</w>", "")
+
+
+def shortest_tokens(batch: int, context_length: int) -> torch.LongTensor:
+    """B x L tokens of the empty expression, [SOS][EOS]: example inputs for tracing and counting."""
+    tokens = torch.zeros(batch, context_length, dtype=torch.long)
+    tokens[:, 0], tokens[:, 1] = SOS, EOS
+    return tokens
 
 
 def padding_mask(tokens: torch.Tensor) -> torch.Tensor:
