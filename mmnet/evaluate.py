@@ -89,6 +89,28 @@ def evaluate(
     return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
 
 
+def split_loader(index: ReferIndex, split: str, config: Config, ctx: distributed.Context, **options) -> DataLoader:
+    """The batches ``evaluate`` reads for ``split``: this process's shard of its expressions.
+
+    Args:
+        options: further DataLoader options (``num_workers`` defaults to ``config.data.num_workers``).
+    """
+    dataset = ReferEvalDataset(
+        index,
+        split=split,
+        image_size=config.model.image_size,
+        context_length=config.model.context_length,
+        text_blind=config.data.text_blind,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=config.eval.batch_size,
+        sampler=distributed.ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
+        collate_fn=collate_eval,
+        **{"num_workers": config.data.num_workers, **options},
+    )
+
+
 def _config_for(checkpoint: Path, config_path: Optional[str], overrides: list[str]) -> Config:
     """The data and eval settings from ``--config`` (or the checkpoint's own), the model settings
     and the text-blind switch always from the checkpoint: they describe what its weights learnt."""
@@ -124,20 +146,7 @@ def evaluate_checkpoint(
         index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
         results = {}
         for split in splits:
-            dataset = ReferEvalDataset(
-                index,
-                split=split,
-                image_size=config.model.image_size,
-                context_length=config.model.context_length,
-                text_blind=config.data.text_blind,
-            )
-            loader = DataLoader(
-                dataset,
-                batch_size=config.eval.batch_size,
-                sampler=distributed.ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
-                collate_fn=collate_eval,
-                num_workers=config.data.num_workers,
-            )
+            loader = split_loader(index, split, config, ctx)
             drawn = {"count": 0}
 
             def draw(batch, b, outputs, probability, value, split=split):

@@ -35,10 +35,10 @@ from mmnet.checkpoint import (
     set_rng_state,
 )
 from mmnet.config import Config, ConfigError, config_to_dict, load_config, save_config
-from mmnet.data.datasets import ReferEvalDataset, ReferTrainDataset, collate_eval
+from mmnet.data.datasets import ReferTrainDataset
 from mmnet.data.refer import ReferIndex
 from mmnet.engine import TrainState, poly_schedule, steps_per_epoch, train_one_epoch
-from mmnet.evaluate import evaluate
+from mmnet.evaluate import evaluate, split_loader
 from mmnet.modeling import MMNet, mmnet_loss
 
 PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
@@ -167,7 +167,6 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
     train_set = ReferTrainDataset(
         index, split=config.data.train_split, image_size=size, context_length=length, seed=config.train.seed, text_blind=blind
     )
-    val_set = ReferEvalDataset(index, split=config.data.val_split, image_size=size, context_length=length, text_blind=blind)
     train_sampler = distributed.ShardSampler(
         len(train_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=True, seed=config.train.seed
     )
@@ -180,13 +179,7 @@ def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], s
         "worker_init_fn": _ignore_interrupts,
     }
     train_loader = DataLoader(train_set, batch_size=micro, sampler=train_sampler, drop_last=True, **loader_options)
-    val_loader = DataLoader(
-        val_set,
-        batch_size=config.eval.batch_size,
-        sampler=distributed.ShardSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size),
-        collate_fn=collate_eval,
-        **loader_options,
-    )
+    val_loader = split_loader(index, config.data.val_split, config, ctx, **loader_options)
     per_epoch = steps_per_epoch(len(train_sampler), micro, accumulation)
     if per_epoch == 0:
         raise ConfigError(
