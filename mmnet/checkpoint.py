@@ -1,4 +1,4 @@
-"""Checkpoints: a directory with the weights (model.safetensors), the full config (config.json)
+"""Checkpoints, and the one place models are loaded from them: a directory with the weights (model.safetensors), the full config (config.json)
 and, for training, the state to resume from (state.pt).
 
 A directory is written under a temporary name and renamed into place, so a run killed while
@@ -12,16 +12,19 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mmnet.config import Config, ConfigError, config_from_dict, config_to_dict
+from mmnet.config import Config, ConfigError, ModelConfig, config_from_dict, config_to_dict
 from mmnet.errors import MMNetError
 from mmnet.weights import mismatches, read_state_dict
+
+if TYPE_CHECKING:
+    from mmnet.modeling import MMNet
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -120,6 +123,58 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     if problems:
         raise CheckpointError(f"{path} does not fit this model: " + "; ".join(problems))
     model.load_state_dict(weights)
+
+
+def pretrained_directory(name: str | Path, **hub_options) -> Path:
+    """A local checkpoint directory, or a training run's folder (its ``best``, else ``last``), or
+    a Hugging Face Hub repository id, fetched into the local cache (``hub_options`` such as
+    ``revision``, ``cache_dir`` or ``token`` go to ``huggingface_hub.snapshot_download``)."""
+    path = Path(name)
+    if path.exists():
+        if not (path / MODEL_FILE).is_file():
+            for inner in ("best", "last"):
+                if (path / inner / MODEL_FILE).is_file() or (path / f"{inner}.old" / MODEL_FILE).is_file():
+                    return find_checkpoint(path / inner)
+        return find_checkpoint(path)
+    if str(name).count("/") != 1 or str(name).startswith((".", "/")):
+        raise CheckpointError(f"no checkpoint at {name} (expected a directory holding {MODEL_FILE} and {CONFIG_FILE})")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(name), allow_patterns=[MODEL_FILE, CONFIG_FILE], **hub_options))
+    except Exception as err:  # offline, unknown repository, no permission: all say the same to a user
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"no local directory {name}, and as a Hub repository id it could not be fetched "
+            f"({type(err).__name__}: {first_line})"
+        ) from err
+
+
+def load_model(directory: Path, config: ModelConfig) -> MMNet:
+    """MMNet as ``config`` describes it, with the weights of the checkpoint at ``directory``."""
+    from mmnet.build import build_mmnet  # the model's modules, only when a model is loaded
+
+    try:
+        model = build_mmnet(config, load_clip_weights=False)
+    except MMNetError as err:  # e.g. a backbone this version does not know
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
+    load_weights(model, directory)
+    return model
+
+
+def load_pretrained(name: str | Path, *, device: str | torch.device = "cpu", **hub_options) -> tuple[MMNet, Config]:
+    """The model (in eval mode, on ``device``) and the full config of a checkpoint directory, a
+    training run's folder or a Hub repository id (see ``pretrained_directory``)."""
+    directory = pretrained_directory(name, **hub_options)
+    config = read_config(directory)
+    return load_model(directory, config.model).to(device).eval(), config
+
+
+def save_pretrained(model: MMNet, config: Config, directory: str | Path) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` (atomically) for ``load_pretrained``."""
+    return save_checkpoint(directory, model=model, config=config)
+
+
 
 
 def load_state(directory: Path) -> dict:

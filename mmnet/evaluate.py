@@ -13,8 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmnet import diagnostics, distributed
-from mmnet.build import build_mmnet
-from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_weights, read_config
+from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_model, read_config
 from mmnet.config import Config, ConfigError, load_config, with_overrides
 from mmnet.data.datasets import ReferEvalDataset, collate_eval
 from mmnet.data.images import load_image
@@ -138,9 +137,7 @@ def evaluate_checkpoint(
     directory = find_checkpoint(checkpoint)
     config = _config_for(directory, config_path, list(overrides))
     with distributed.session(device) as ctx:
-        model = build_mmnet(config.model, load_clip_weights=False)
-        load_weights(model, directory)
-        model.to(ctx.device)
+        model = load_model(directory, config.model).to(ctx.device)
         if config.eval.compile:
             model.compile()
         index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))

@@ -72,7 +72,7 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
 
 
 def run_export(args) -> int:
-    from mmnet.predictor import load_pretrained
+    from mmnet.checkpoint import load_pretrained
 
     if args.format != "onnx":
         raise ExportError(f"unknown export format {args.format!r}; 'onnx' is the one there is")

@@ -22,15 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmnet.build import build_mmnet
-from mmnet.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError, find_checkpoint, load_weights, read_config, save_checkpoint
+from mmnet.checkpoint import load_pretrained, save_pretrained
 from mmnet.config import Config, ConfigError
 from mmnet.data.errors import DataError
 from mmnet.data.images import as_rgb, load_image
 from mmnet.data.tokenizer import token_name, tokenize
 from mmnet.data.transforms import Letterbox, to_original
 from mmnet.device import autocast, choose_device
-from mmnet.errors import MMNetError
 from mmnet.modeling import MMNet
 from mmnet.visualize import PREDICTION, spotlight
 
@@ -56,48 +54,6 @@ class Prediction:
     """The T tokens the model read: '[SOS]', the BPE pieces of the words, '[EOS]'."""
     threshold: float
     """The probability above which ``mask`` holds."""
-
-
-def pretrained_directory(name: str | Path, **hub_options) -> Path:
-    """A local checkpoint directory, or a training run's folder (its ``best``, else ``last``), or
-    a Hugging Face Hub repository id, fetched into the local cache (``hub_options`` such as
-    ``revision``, ``cache_dir`` or ``token`` go to ``huggingface_hub.snapshot_download``)."""
-    path = Path(name)
-    if path.exists():
-        if not (path / MODEL_FILE).is_file():
-            for inner in ("best", "last"):
-                if (path / inner / MODEL_FILE).is_file() or (path / f"{inner}.old" / MODEL_FILE).is_file():
-                    return find_checkpoint(path / inner)
-        return find_checkpoint(path)
-    if str(name).count("/") != 1 or str(name).startswith((".", "/")):
-        raise CheckpointError(f"no checkpoint at {name} (expected a directory holding {MODEL_FILE} and {CONFIG_FILE})")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(name), allow_patterns=[MODEL_FILE, CONFIG_FILE], **hub_options))
-    except Exception as err:  # offline, unknown repository, no permission: all say the same to a user
-        first_line = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(
-            f"no local directory {name}, and as a Hub repository id it could not be fetched "
-            f"({type(err).__name__}: {first_line})"
-        ) from None
-
-
-def load_pretrained(name: str | Path, *, device: str | torch.device = "cpu", **hub_options) -> tuple[MMNet, Config]:
-    """The model (in eval mode, on ``device``) and the full config a checkpoint holds."""
-    directory = pretrained_directory(name, **hub_options)
-    config = read_config(directory)
-    try:
-        model = build_mmnet(config.model, load_clip_weights=False)
-    except MMNetError as err:  # e.g. a backbone this version does not know
-        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from None
-    load_weights(model, directory)
-    return model.to(device).eval(), config
-
-
-def save_pretrained(model: MMNet, config: Config, directory: str | Path) -> Path:
-    """Writes ``config.json`` and ``model.safetensors`` (atomically) for ``load_pretrained``."""
-    return save_checkpoint(directory, model=model, config=config)
 
 
 def _as_image(image: ImageInput) -> Image.Image:

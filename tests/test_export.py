@@ -9,7 +9,7 @@ import torch
 from mmnet.cli import main
 from mmnet.config import Config
 from mmnet.export import OUTPUTS
-from mmnet.predictor import save_pretrained
+from mmnet.checkpoint import save_pretrained
 from mmnet.export import export_onnx
 from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
 

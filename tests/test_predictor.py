@@ -12,11 +12,11 @@ from mmnet.checkpoint import CheckpointError, save_checkpoint
 from mmnet.cli import main
 from mmnet import distributed
 from mmnet.device import DeviceError, choose_device
-from mmnet.config import Config, ConfigError, EvalConfig
+from mmnet.config import Config, EvalConfig
 from mmnet.data.errors import DataError
 from mmnet.data.tokenizer import tokenize
 from mmnet.data.transforms import Letterbox, to_original
-from mmnet.predictor import pretrained_directory
+from mmnet.checkpoint import pretrained_directory
 from mmnet.visualize import PREDICTION
 from tiny import build_tiny, tiny_model_config, with_distinct_queries
 
