@@ -15,21 +15,19 @@ from tqdm import tqdm
 from mmnet import diagnostics, distributed
 from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_model, read_config
 from mmnet.config import Config, ConfigError, load_config, with_overrides
-from mmnet.data.datasets import ReferEvalDataset, collate_eval
+from mmnet.data.datasets import ExpressionBatches, ReferEvalDataset, ReferImageEvalDataset, collate_eval, collate_images
 from mmnet.data.images import load_image
 from mmnet.data.refer import ReferIndex
 from mmnet.device import autocast
 from mmnet.diagnostics import QueryDiagnostics
-from mmnet.data.transforms import to_original
 from mmnet.errors import MMNetError
 from mmnet.metrics import format_table, intersection_union, iou, summarize
 from mmnet.modeling import MMNetOutput
+from mmnet.postprocess import Segmentation, segment
 from mmnet.visualize import expression_panel
 
 
-def query_maps(outputs: MMNetOutput, index: int, geometry) -> torch.Tensor:
-    """Sample ``index``'s query probabilities at the original size, on the CPU: M x H x W."""
-    return to_original(outputs.query_masks[index].float().sigmoid().cpu(), geometry)
+OnSample = Callable[[dict[str, Any], MMNetOutput, Segmentation, float], None]
 
 
 @torch.inference_mode()
@@ -41,15 +39,19 @@ def evaluate(
     threshold: float,
     precision: str,
     desc: str = "eval",
-    on_sample: Optional[Callable[[dict[str, Any], int, dict[str, torch.Tensor], torch.Tensor, float], None]] = None,
+    on_sample: Optional[OnSample] = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Predicts every expression of this process's shard, compares at the original resolution,
     and gathers all processes' records.
 
+    Each batch's images are encoded once and decoded for every expression about them (a batch
+    as ``collate_images`` makes it; ``collate_eval`` batches, one image per expression, work too).
+
     Args:
         model: MMNet (not wrapped in DDP: shards may differ in length).
-        on_sample: called as (batch, index in batch, outputs, probability map, IoU) for each
-            expression, e.g. to draw it.
+        on_sample: called for each expression as (its batch entries: sent_id, ref_id, image_id,
+            sentence, mask, geometry; its outputs, a batch of one; its Segmentation; its IoU),
+            e.g. to draw it.
     Returns:
         the summary (mIoU, oIoU, Pr@X in percent, count, and under ``diagnostics`` the split's
         means of ``mmnet.diagnostics``) and one record per expression (sent_id, ref_id,
@@ -59,27 +61,29 @@ def evaluate(
     records = []
     queries = QueryDiagnostics(device=ctx.device)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
-        tokens = batch["tokens"].to(ctx.device)
+        tokens, image_index = batch["tokens"].to(ctx.device), batch["image_index"]
         with autocast(ctx.device, precision):
-            outputs = model(batch["image"].to(ctx.device), tokens)
+            visual = model.encode_image(batch["image"].to(ctx.device))
+            if len(image_index) != len(batch["image_id"]) or not torch.equal(image_index, torch.arange(len(image_index))):
+                visual = visual.take(image_index)
+            outputs = model.decode(visual, tokens)
         queries.update(outputs=outputs, tokens=tokens)
-        probs = outputs.logits.float().sigmoid().cpu()
-        for b, geometry in enumerate(batch["geometry"]):
-            probability = to_original(probs[b, 0], geometry)
-            intersection, union = intersection_union(probability > threshold, batch["mask"][b].bool())
-            value = float(iou(intersection, union))
-            records.append(
-                {
-                    "sent_id": int(batch["sent_id"][b]),
-                    "ref_id": int(batch["ref_id"][b]),
-                    "image_id": int(batch["image_id"][b]),
-                    "intersection": int(intersection),
-                    "union": int(union),
-                    "iou": value,
-                }
-            )
+        geometries = [batch["geometry"][k] for k in image_index.tolist()]
+        for e, segmentation in enumerate(segment(outputs, geometries, threshold=threshold)):
+            intersection, union = intersection_union(segmentation.mask, batch["mask"][e].bool())
+            k = int(image_index[e])
+            record = {
+                "sent_id": int(batch["sent_id"][e]),
+                "ref_id": int(batch["ref_id"][e]),
+                "image_id": int(batch["image_id"][k]),
+                "intersection": int(intersection),
+                "union": int(union),
+                "iou": float(iou(intersection, union)),
+            }
+            records.append(record)
             if on_sample is not None:
-                on_sample(batch, b, outputs, probability, value)
+                entries = {**record, "sentence": batch["sentence"][e], "mask": batch["mask"][e], "geometry": geometries[e]}
+                on_sample(entries, MMNetOutput(*(v[e : e + 1] for v in outputs)), segmentation, record["iou"])
     records = [r for shard in distributed.all_gather_objects(records) for r in shard]
     records.sort(key=lambda r: r["sent_id"])
     diagnostics = queries.summary()
@@ -88,26 +92,26 @@ def evaluate(
     return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
 
 
-def split_loader(index: ReferIndex, split: str, config: Config, ctx: distributed.Context, **options) -> DataLoader:
-    """The batches ``evaluate`` reads for ``split``: this process's shard of its expressions.
+def split_loader(
+    index: ReferIndex, split: str, config: Config, ctx: distributed.Context, *, by_image: bool = True, **options
+) -> DataLoader:
+    """The batches ``evaluate`` reads for ``split``: this process's shard of its images (each with
+    all its expressions, about ``eval.batch_size`` expressions a batch), or with ``by_image``
+    False of its expressions, each with its own copy of its image.
 
     Args:
         options: further DataLoader options (``num_workers`` defaults to ``config.data.num_workers``).
     """
-    dataset = ReferEvalDataset(
-        index,
-        split=split,
-        image_size=config.model.image_size,
-        context_length=config.model.context_length,
-        text_blind=config.data.text_blind,
-    )
-    return DataLoader(
-        dataset,
-        batch_size=config.eval.batch_size,
-        sampler=distributed.ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size),
-        collate_fn=collate_eval,
-        **{"num_workers": config.data.num_workers, **options},
-    )
+    settings = {"image_size": config.model.image_size, "context_length": config.model.context_length, "text_blind": config.data.text_blind}
+    options = {"num_workers": config.data.num_workers, **options}
+    if not by_image:
+        dataset = ReferEvalDataset(index, split=split, **settings)
+        shard = distributed.ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size)
+        return DataLoader(dataset, batch_size=config.eval.batch_size, sampler=shard, collate_fn=collate_eval, **options)
+    dataset = ReferImageEvalDataset(index, split=split, **settings)
+    shard = distributed.ShardSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size)
+    batches = ExpressionBatches(shard, dataset.expression_counts(), budget=config.eval.batch_size)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_images, **options)
 
 
 def _config_for(checkpoint: Path, config_path: Optional[str], overrides: list[str]) -> Config:
@@ -146,11 +150,11 @@ def evaluate_checkpoint(
             loader = split_loader(index, split, config, ctx)
             drawn = {"count": 0}
 
-            def draw(batch, b, outputs, probability, value, split=split):
+            def draw(entries, outputs, segmentation, value, split=split):
                 if vis_limit is not None and drawn["count"] >= vis_limit:
                     return
                 drawn["count"] += 1
-                save_panel(Path(vis_dir) / split, index, batch, b, outputs, probability, value, config.eval.threshold)
+                save_panel(Path(vis_dir) / split, index, entries, outputs, value, config.eval.threshold)
 
             metrics, records = evaluate(
                 model=model,
@@ -165,23 +169,23 @@ def evaluate_checkpoint(
         return results
 
 
-def save_panel(folder: Path, index: ReferIndex, batch, b: int, outputs, probability, value: float, threshold: float) -> Path:
-    """Writes ``<folder>/<sent_id>.png``: image, ground truth, prediction (``probability``, H x W at
-    the original size) and scored query masks."""
+def save_panel(folder: Path, index: ReferIndex, entries: dict[str, Any], outputs: MMNetOutput, value: float, threshold: float) -> Path:
+    """Writes ``<folder>/<sent_id>.png`` for one expression (``entries`` and ``outputs`` as
+    ``evaluate`` hands them to ``on_sample``): image, ground truth, prediction and scored query masks."""
     folder.mkdir(parents=True, exist_ok=True)
-    queries = query_maps(outputs, b, batch["geometry"][b])
-    record = index.image(int(batch["image_id"][b]))
+    (shown,) = segment(outputs, [entries["geometry"]], threshold=threshold, queries=True)
+    record = index.image(entries["image_id"])
     panel = expression_panel(
         load_image(index.image_path(record.image_id), size=(record.width, record.height)),
-        batch["sentence"][b],
-        ground_truth=batch["mask"][b].numpy(),
-        probability=probability.numpy(),
+        entries["sentence"],
+        ground_truth=entries["mask"].numpy(),
+        probability=shown.probability.numpy(),
         threshold=threshold,
-        query_probabilities=list(queries.numpy()),
-        query_scores=[float(s) for s in outputs.query_scores[b].float().cpu()],
+        query_probabilities=list(shown.query_probabilities.numpy()),
+        query_scores=[float(s) for s in outputs.query_scores[0].float().cpu()],
         iou=value,
     )
-    path = folder / f"{int(batch['sent_id'][b])}.png"
+    path = folder / f"{entries['sent_id']}.png"
     panel.save(path)
     return path
 

@@ -27,9 +27,10 @@ from mmnet.config import Config, ConfigError
 from mmnet.data.errors import DataError
 from mmnet.data.images import as_rgb, load_image
 from mmnet.data.tokenizer import token_name, tokenize
-from mmnet.data.transforms import Letterbox, to_original
+from mmnet.data.transforms import Letterbox
 from mmnet.device import autocast, choose_device
 from mmnet.modeling import MMNet
+from mmnet.postprocess import segment
 from mmnet.visualize import PREDICTION, spotlight
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
@@ -145,20 +146,18 @@ class Predictor:
             chunk = tokens[start : start + self.config.eval.batch_size]
             with autocast(self.device, precision):
                 outputs = self.model.decode(visual, chunk.to(self.device))
-            probability = to_original(outputs.logits[:, 0].float().sigmoid().cpu(), geometry)
-            query_masks = to_original(outputs.query_masks.float().sigmoid().cpu(), geometry)
-            for b in range(chunk.shape[0]):
-                ids = chunk[b]
-                length = int((ids != 0).sum())
+            shown = segment(outputs, [geometry] * chunk.shape[0], threshold=self.threshold, queries=True)
+            for b, segmentation in enumerate(shown):
+                length = int((chunk[b] != 0).sum())
                 results.append(
                     Prediction(
                         text=texts[start + b],
-                        mask=(probability[b] > self.threshold).numpy(),
-                        probability=probability[b].numpy(),
-                        query_masks=query_masks[b].numpy(),
+                        mask=segmentation.mask.numpy(),
+                        probability=segmentation.probability.numpy(),
+                        query_masks=segmentation.query_probabilities.numpy(),
                         query_scores=outputs.query_scores[b].float().cpu().numpy(),
                         word_attention=outputs.word_attention[b, :, :length].float().cpu().numpy(),
-                        tokens=[token_name(int(t)) for t in ids[:length]],
+                        tokens=[token_name(int(t)) for t in chunk[b, :length]],
                         threshold=self.threshold,
                     )
                 )

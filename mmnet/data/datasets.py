@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from mmnet.data.images import load_image
 from mmnet.data.errors import DataError
@@ -82,12 +82,24 @@ class ReferTrainDataset(_ReferSamples):
         }
 
 
-class ReferEvalDataset(_ReferSamples):
-    """One item per sentence, with the mask at the original image size; batch with `collate_eval`."""
-
+class _ReferExpressions(_ReferSamples):
     def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int, text_blind: bool = False):
         super().__init__(index, split=split, image_size=image_size, context_length=context_length, text_blind=text_blind)
         self.sentences = index.sentences(split)
+
+    def _expression(self, sentence: Sentence) -> dict[str, Any]:
+        ref = self.index.ref(sentence.ref_id)
+        return {
+            "tokens": self._tokens(sentence),
+            "mask": torch.from_numpy(self.index.mask(ref.ref_id)),
+            "ref_id": ref.ref_id,
+            "sent_id": sentence.sent_id,
+            "sentence": sentence.text,
+        }
+
+
+class ReferEvalDataset(_ReferExpressions):
+    """One item per sentence, with the mask at the original image size; batch with `collate_eval`."""
 
     def __len__(self) -> int:
         return len(self.sentences)
@@ -95,24 +107,81 @@ class ReferEvalDataset(_ReferSamples):
     def __getitem__(self, i: int) -> dict[str, Any]:
         """Returns image: float 3 x S x S, tokens: int64 L, mask: uint8 H x W (original size),
         geometry: the letterbox Geometry, and ref_id, sent_id, image_id, sentence."""
-        sentence = self.sentences[i]
-        ref = self.index.ref(sentence.ref_id)
-        image, geometry = self._image(ref.image_id)
-        return {
-            "image": image,
-            "tokens": self._tokens(sentence),
-            "mask": torch.from_numpy(self.index.mask(ref.ref_id)),
-            "geometry": geometry,
-            "ref_id": ref.ref_id,
-            "sent_id": sentence.sent_id,
-            "image_id": ref.image_id,
-            "sentence": sentence.text,
-        }
+        expression = self._expression(self.sentences[i])
+        image_id = self.index.ref(expression["ref_id"]).image_id
+        image, geometry = self._image(image_id)
+        return {"image": image, "geometry": geometry, "image_id": image_id, **expression}
+
+
+class ReferImageEvalDataset(_ReferExpressions):
+    """One item per image of the split, with every expression about it, so that evaluation
+    encodes each image once; batch with `ExpressionBatches` and `collate_images`."""
+
+    def __init__(self, index: ReferIndex, *, split: str, image_size: int, context_length: int, text_blind: bool = False):
+        super().__init__(index, split=split, image_size=image_size, context_length=context_length, text_blind=text_blind)
+        groups: dict[int, list[Sentence]] = {}
+        for sentence in self.sentences:
+            groups.setdefault(index.ref(sentence.ref_id).image_id, []).append(sentence)
+        self.groups = list(groups.items())
+
+    def expression_counts(self) -> list[int]:
+        """How many expressions each item holds."""
+        return [len(sentences) for _, sentences in self.groups]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Returns image: float 3 x S x S, geometry, image_id, and expressions: a list of dicts
+        (tokens: int64 L, mask: uint8 H x W, ref_id, sent_id, sentence) in the split's order."""
+        image_id, sentences = self.groups[i]
+        image, geometry = self._image(image_id)
+        return {"image": image, "geometry": geometry, "image_id": image_id, "expressions": [self._expression(s) for s in sentences]}
+
+
+EXPRESSION_KEYS = ("mask", "ref_id", "sent_id", "sentence")
 
 
 def collate_eval(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stacks images (B x 3 x S x S) and tokens (B x L); keeps masks, geometry and ids as lists of B."""
-    collated = {key: [item[key] for item in batch] for key in batch[0]}
-    collated["image"] = torch.stack(collated["image"])
-    collated["tokens"] = torch.stack(collated["tokens"])
+    """Batches ReferEvalDataset items: B images and B expressions, expression b about image b."""
+    return collate_images([{**item, "expressions": [item]} for item in batch])
+
+
+def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batches K images with E expressions about them.
+
+    Returns image: K x 3 x S x S; geometry, image_id: lists of K; tokens: E x L; image_index: E,
+    the image each expression is about; mask, ref_id, sent_id, sentence: lists of E.
+    """
+    expressions = [(k, e) for k, item in enumerate(batch) for e in item["expressions"]]
+    collated = {
+        "image": torch.stack([item["image"] for item in batch]),
+        "geometry": [item["geometry"] for item in batch],
+        "image_id": [item["image_id"] for item in batch],
+        "tokens": torch.stack([e["tokens"] for _, e in expressions]),
+        "image_index": torch.tensor([k for k, _ in expressions], dtype=torch.long),
+    }
+    collated.update({key: [e[key] for _, e in expressions] for key in EXPRESSION_KEYS})
     return collated
+
+
+class ExpressionBatches(Sampler[list[int]]):
+    """Batches of whole images holding at most ``budget`` expressions between them (an image with
+    more makes a batch alone), in the order of ``sampler``."""
+
+    def __init__(self, sampler: Iterable[int], counts: Sequence[int], *, budget: int) -> None:
+        self.sampler, self.counts, self.budget = sampler, counts, budget
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch, held = [], 0
+        for i in self.sampler:
+            if batch and held + self.counts[i] > self.budget:
+                yield batch
+                batch, held = [], 0
+            batch.append(i)
+            held += self.counts[i]
+        if batch:
+            yield batch
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -23,6 +23,11 @@ class VisualFeatures(NamedTuple):
     f_vg: Optional[torch.Tensor]
     """B x C, from z-bar; None when the model is built without the global visual feature."""
 
+    def take(self, index: torch.Tensor) -> "VisualFeatures":
+        """The features of images ``index`` (E ids, repeats allowed): one row per expression
+        when E expressions share fewer images."""
+        return VisualFeatures(*(f.index_select(0, index.to(f.device)) if f is not None else None for f in self))
+
 
 class ImageEncoder(nn.Module):
     """A CLIP image tower and the learnable projections of Sec. 3.1.

@@ -1,0 +1,99 @@
+"""Evaluation: one post-processing to the original size, and each image encoded once for all its expressions."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from mmnet import distributed
+from mmnet.config import Config, DataConfig, EvalConfig
+from mmnet.data.datasets import ExpressionBatches, collate_images
+from mmnet.data.refer import ReferIndex
+from mmnet.data.transforms import letterbox_geometry
+from mmnet.evaluate import evaluate, split_loader
+from mmnet.modeling import MMNetOutput
+from mmnet.postprocess import probabilities, segment
+from tiny import build_tiny, tiny_model_config, with_distinct_queries
+
+CPU = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def _config(root, batch_size: int) -> Config:
+    return Config(
+        model=tiny_model_config(num_queries=4),
+        data=DataConfig(root=str(root), dataset="synthref", split_by="unc", num_workers=0),
+        eval=EvalConfig(batch_size=batch_size, threshold=0.5),
+    )
+
+
+@pytest.mark.parametrize("split", ["val", "testA"])
+def test_images_encoded_once_give_the_records_of_one_image_per_expression(synth_root, split, monkeypatch):
+    config = _config(synth_root, batch_size=5)
+    index = ReferIndex.from_config(config.data, progress=False)
+    model = with_distinct_queries(build_tiny(num_queries=4), seed=3).eval()
+    # A threshold inside the untrained model's range of probabilities, so that masks are partly right.
+    first = next(iter(split_loader(index, split, config, CPU)))
+    with torch.no_grad():
+        logits = model(first["image"][first["image_index"]], first["tokens"]).logits
+    threshold = float(logits.sigmoid().quantile(0.7))
+    encoded = []
+    encode = model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda images: encoded.append(images.shape[0]) or encode(images))
+
+    def run(by_image: bool):
+        encoded.clear()
+        loader = split_loader(index, split, config, CPU, by_image=by_image)
+        metrics, records = evaluate(model=model, loader=loader, ctx=CPU, threshold=threshold, precision="fp32")
+        return metrics, records, sum(encoded)
+
+    grouped_metrics, grouped, grouped_encodings = run(True)
+    single_metrics, single, single_encodings = run(False)
+    per_image = Counter(index.ref(s.ref_id).image_id for s in index.sentences(split))
+    assert max(per_image.values()) > 1  # several expressions about an image, so sharing is tested
+    assert grouped_encodings == len(per_image) and single_encodings == len(single) == sum(per_image.values())
+    assert grouped == single  # intersection, union and IoU of every expression, exactly
+    assert any(0 < r["iou"] < 1 for r in grouped)  # predictions that overlap the truth in part
+    # The diagnostics are sums over other batches, so they agree to rounding.
+    assert grouped_metrics == {**single_metrics, "diagnostics": pytest.approx(single_metrics["diagnostics"], abs=1e-5)}
+
+
+def test_batches_hold_whole_images_up_to_the_expression_budget():
+    # counts 3 + 2 fit 5; 5 fills a batch; 1 + 7 would not fit, and 7 exceeds 5 alone
+    assert list(ExpressionBatches(range(5), [3, 2, 5, 1, 7], budget=5)) == [[0, 1], [2], [3], [4]]
+    assert len(ExpressionBatches([4, 1], [3, 2, 5, 1, 7], budget=5)) == 2  # the shard's order: [4], [1]
+
+
+def test_collated_expressions_point_at_their_image():
+    def item(image_id, texts):
+        return {
+            "image": torch.full((3, 4, 4), float(image_id)),
+            "geometry": letterbox_geometry(height=4, width=4, size=4),
+            "image_id": image_id,
+            "expressions": [
+                {"tokens": torch.tensor([t]), "mask": torch.zeros(4, 4), "ref_id": t, "sent_id": 10 * t, "sentence": str(t)} for t in texts
+            ],
+        }
+
+    batch = collate_images([item(7, [1, 2, 3]), item(8, [4])])
+    assert batch["image"].shape == (2, 3, 4, 4) and batch["image_id"] == [7, 8]
+    assert batch["tokens"].tolist() == [[1], [2], [3], [4]] and batch["image_index"].tolist() == [0, 0, 0, 1]
+    assert batch["sent_id"] == [10, 20, 30, 40]
+
+
+def test_segment_maps_each_expression_to_its_own_image_size():
+    logits = torch.tensor([[-2.0, 0.0], [1.0, 3.0]]).expand(2, 1, 2, 2).clone()
+    logits[1] = -logits[1]
+    outputs = MMNetOutput(logits=logits, query_masks=logits.repeat(1, 3, 1, 1), query_scores=torch.full((2, 3), 1 / 3), word_attention=torch.zeros(2, 3, 5))
+    square = letterbox_geometry(height=2, width=2, size=2)  # the canvas itself: values pass unchanged
+    wide = letterbox_geometry(height=1, width=2, size=2)
+    first, second = segment(outputs, [square, wide], threshold=0.5)
+    torch.testing.assert_close(first.probability, logits[0, 0].sigmoid())
+    assert first.mask.tolist() == [[False, False], [True, True]]  # sigmoid(0) = 0.5 is not above 0.5
+    assert second.probability.shape == (1, 2) and first.query_probabilities is None
+    (shown,) = segment(MMNetOutput(*(v[:1] for v in outputs)), [square], threshold=0.5, queries=True)
+    torch.testing.assert_close(shown.query_probabilities, logits[0].sigmoid().expand(3, 2, 2))
+    torch.testing.assert_close(probabilities(logits[0], square), logits[0].sigmoid())
+    with pytest.raises(ValueError, match="1 geometries for 2 expressions"):
+        segment(outputs, [square], threshold=0.5)
