@@ -1,21 +1,25 @@
-"""The training loop: one epoch of optimizer steps, and the learning-rate schedule."""
+"""The training loop: one epoch of optimizer steps, the batch plan, the loss and the
+learning-rate schedule, all read from the run's configuration."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mmnet import distributed
+from mmnet.config import Config, ConfigError
 from mmnet.device import autocast
 from mmnet.errors import MMNetError
 from mmnet.metrics import intersection_union, iou
-from mmnet.modeling import target_for
+from mmnet.modeling import MMNetOutput, mmnet_loss, target_for
 
 
 class NonFiniteLossError(MMNetError):
@@ -37,6 +41,36 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
+    """(micro-batch per process, micro-batches accumulated per optimizer step)."""
+    batch = config.train.batch_size
+    micro = config.train.micro_batch_size or batch // world_size
+    if micro < 1 or batch % (micro * world_size):
+        raise ConfigError(
+            f"train.batch_size={batch} must be a multiple of train.micro_batch_size ({micro}) x processes ({world_size})"
+        )
+    return micro, batch // (micro * world_size)
+
+
+def loss_function(config: Config, *, has_estimator: bool) -> Callable[[MMNetOutput, torch.Tensor], dict]:
+    """``mmnet_loss`` with the run's settings: ``(outputs, masks)`` gives the loss parts of a
+    micro-batch, ``loss`` their sum."""
+    return functools.partial(
+        mmnet_loss,
+        query_loss=config.train.query_loss,
+        query_loss_weight=config.train.query_loss_weight,
+        # Equal scores (w/o MQE, one query) have nothing to learn.
+        score_loss_weight=config.train.score_loss_weight if has_estimator else 0.0,
+        dice_weight=config.train.dice_weight,
+        target_resize=config.train.target_resize,
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper, or ``model`` itself."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def batch_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> torch.Tensor:
     """IoU per sample at the logits' resolution, for the progress bar: B."""
     target = target_for(logits, masks) > 0.5
@@ -45,109 +79,157 @@ def batch_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> to
 
 
 def train_one_epoch(
+    config: Config,
     *,
     model: nn.Module,
     loader,
     optimizer: torch.optim.Optimizer,
-    scheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     ctx: distributed.Context,
     state: TrainState,
-    accumulation: int,
-    samples_per_step: int,
-    grad_clip: float,
-    bf16: bool,
-    loss_fn: Callable[[dict, torch.Tensor], dict],
-    threshold: float,
     log: Callable[[dict], None],
-    log_every: int,
     stop_requested: Callable[[], bool],
 ) -> bool:
-    """Runs the rest of ``state.epoch``: an optimizer step every ``accumulation`` micro-batches.
+    """Runs the rest of ``state.epoch``: an optimizer step every ``accumulation`` micro-batches
+    (``batch_plan``), on the loss of ``loss_function``, in bf16 autocast on GPUs when
+    ``train.bf16``. A record of the mean loss, IoU, learning rate and samples/s goes to ``log``
+    every ``train.log_every`` steps and at the epoch's end.
 
-    ``loss_fn(outputs, masks)`` gives the loss parts of a micro-batch, ``loss`` their sum
-    (``mmnet.modeling.mmnet_loss`` with the run's settings).
-
-    Returns True when a stop was requested (by a signal, on any process) and the loop ended
-    after a whole optimizer step. The logged loss and IoU are means over all processes.
+    Args:
+        model: MMNet, or MMNet wrapped in DistributedDataParallel.
+        loader: this process's micro-batches of the epoch (``image``, ``tokens``, ``mask``).
+        stop_requested: whether a signal asked this process to stop.
+    Returns:
+        True when a stop was requested (by a signal, on any process) and the loop ended after a
+        whole optimizer step.
     """
-    model.train()
+    _, accumulation = batch_plan(config, ctx.world_size)
+    loss_fn = loss_function(config, has_estimator=unwrap(model).estimator is not None)
+    precision = "auto" if config.train.bf16 else "fp32"
     steps_left = len(loader) // accumulation
-    bar = tqdm(total=steps_left, desc=f"epoch {state.epoch + 1}", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
     step_loss = torch.zeros((), device=ctx.device)
     step_iou = torch.zeros((), device=ctx.device, dtype=torch.float64)
-    # Sums over the log window, kept on the device so that a step never waits for a copy.
-    window = torch.zeros(2, device=ctx.device, dtype=torch.float64)
-    window_steps, window_start, done = 0, time.perf_counter(), 0
-    no_limit = float("inf")
-    for index, batch in enumerate(loader):
-        if index // accumulation >= steps_left:
-            break
-        images = batch["image"].to(ctx.device, non_blocking=True)
-        tokens = batch["tokens"].to(ctx.device, non_blocking=True)
-        masks = batch["mask"].to(ctx.device, non_blocking=True)
-        last_micro = (index + 1) % accumulation == 0
-        no_sync = model.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
-        with no_sync:
-            with autocast(ctx.device, "auto" if bf16 else "fp32"):
-                outputs = model(images, tokens)
-            logits = outputs.logits
-            loss = loss_fn(outputs, masks)["loss"]
-            (loss / accumulation).backward()
-        step_loss += loss.detach() / accumulation
-        step_iou += batch_iou(logits, masks, threshold).mean() / accumulation
-        if not last_micro:
-            continue
-
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else no_limit)
-        # One all-reduce per step decides for every process: a bad loss or gradient anywhere, or a signal anywhere.
-        flags = distributed.all_reduce_sum(
-            torch.stack(
-                [
-                    (~torch.isfinite(step_loss)).float(),
-                    (~torch.isfinite(grad_norm)).float(),
-                    torch.tensor(float(stop_requested()), device=ctx.device),
-                ]
+    window = LogWindow(device=ctx.device, samples_per_step=config.train.batch_size)
+    model.train()
+    bar = tqdm(total=steps_left, desc=f"epoch {state.epoch + 1}", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
+    with bar:
+        for index, batch in enumerate(loader):
+            if index // accumulation >= steps_left:
+                break
+            last_micro = (index + 1) % accumulation == 0
+            with model.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext():
+                loss, sample_iou = forward_backward(
+                    model, batch, loss_fn, ctx=ctx, precision=precision, accumulation=accumulation, threshold=config.eval.threshold
+                )
+            step_loss += loss / accumulation
+            step_iou += sample_iou / accumulation
+            if not last_micro:
+                continue
+            stop = optimizer_step(
+                model, optimizer, scheduler, step_loss, ctx=ctx, state=state, grad_clip=config.train.grad_clip, stop_requested=stop_requested
             )
-        )
-        if flags[0] > 0 or flags[1] > 0:
-            name, value = ("loss", step_loss) if flags[0] > 0 else ("gradient norm", grad_norm)
-            became = f"became {value.item()}" if not torch.isfinite(value) else "became non-finite on another process"
-            raise NonFiniteLossError(
-                f"the {name} {became} at epoch {state.epoch + 1}, step {state.step + 1}; training stopped without saving this "
-                "state, so the last checkpoint (if any) is the last good one (try a lower train.lr or train.grad_clip)"
-            )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        state.step += 1
-        state.epoch_step += 1
-        done += 1
-
-        window += torch.stack([step_loss.double(), step_iou])
-        window_steps += 1
-        step_loss.zero_()
-        step_iou.zero_()
-        stop = bool(flags[2] > 0)
-        if window_steps == log_every or done == steps_left or stop:
-            mean = distributed.all_reduce_sum(window.clone()) / (window_steps * ctx.world_size)
-            record = {
-                "epoch": state.epoch + 1,
-                "step": state.step,
-                "loss": float(mean[0]),
-                "iou": 100.0 * float(mean[1]),
-                "lr": optimizer.param_groups[-1]["lr"],
-                "samples_per_s": window_steps * samples_per_step / max(time.perf_counter() - window_start, 1e-9),
-            }
-            log(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", iou=f"{record['iou']:.1f}", samples_s=f"{record['samples_per_s']:.1f}")
-            window.zero_()
-            window_steps, window_start = 0, time.perf_counter()
-        bar.update(1)
-        if stop:
-            bar.close()
-            return True
-    bar.close()
+            window.add(step_loss, step_iou)
+            step_loss.zero_()
+            step_iou.zero_()
+            if window.steps == config.train.log_every or index + 1 == steps_left * accumulation or stop:
+                record = window.flush(state=state, lr=optimizer.param_groups[-1]["lr"], world_size=ctx.world_size)
+                log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", iou=f"{record['iou']:.1f}", samples_s=f"{record['samples_per_s']:.1f}")
+            bar.update(1)
+            if stop:
+                return True
     return False
+
+
+def forward_backward(
+    model: nn.Module, batch: dict, loss_fn: Callable, *, ctx: distributed.Context, precision: str, accumulation: int, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch: the forward pass, the loss and its gradient scaled by ``1 / accumulation``.
+    Returns the loss (detached) and the mean IoU of the micro-batch."""
+    images = batch["image"].to(ctx.device, non_blocking=True)
+    tokens = batch["tokens"].to(ctx.device, non_blocking=True)
+    masks = batch["mask"].to(ctx.device, non_blocking=True)
+    with autocast(ctx.device, precision):
+        outputs = model(images, tokens)
+    loss = loss_fn(outputs, masks)["loss"]
+    (loss / accumulation).backward()
+    return loss.detach(), batch_iou(outputs.logits, masks, threshold).mean()
+
+
+def optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step_loss: torch.Tensor,
+    *,
+    ctx: distributed.Context,
+    state: TrainState,
+    grad_clip: float,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """Clips the accumulated gradients (``grad_clip`` 0: measures their norm only), checks that
+    loss and gradient are finite on every process, and steps optimizer and schedule.
+    Returns whether a stop was requested on any process."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    stop = agree(step_loss, grad_norm, ctx=ctx, state=state, stop_requested=stop_requested)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    state.step += 1
+    state.epoch_step += 1
+    return stop
+
+
+def agree(step_loss: torch.Tensor, grad_norm: torch.Tensor, *, ctx: distributed.Context, state: TrainState, stop_requested: Callable[[], bool]) -> bool:
+    """One all-reduce per step decides for every process: a non-finite loss or gradient norm
+    anywhere raises NonFiniteLossError, and a stop requested anywhere stops all (True)."""
+    flags = distributed.all_reduce_sum(
+        torch.stack(
+            [
+                (~torch.isfinite(step_loss)).float(),
+                (~torch.isfinite(grad_norm)).float(),
+                torch.tensor(float(stop_requested()), device=ctx.device),
+            ]
+        )
+    )
+    if flags[0] > 0 or flags[1] > 0:
+        name, value = ("loss", step_loss) if flags[0] > 0 else ("gradient norm", grad_norm)
+        became = f"became {value.item()}" if not torch.isfinite(value) else "became non-finite on another process"
+        raise NonFiniteLossError(
+            f"the {name} {became} at epoch {state.epoch + 1}, step {state.step + 1}; training stopped without saving this "
+            "state, so the last checkpoint (if any) is the last good one (try a lower train.lr or train.grad_clip)"
+        )
+    return bool(flags[2] > 0)
+
+
+class LogWindow:
+    """Sums of the step loss and IoU since the last log record, kept on the device so that a step
+    never waits for a copy; a record averages them over the steps and all processes."""
+
+    def __init__(self, *, device: torch.device, samples_per_step: int) -> None:
+        self.sums = torch.zeros(2, device=device, dtype=torch.float64)
+        self.samples_per_step = samples_per_step
+        self.steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, step_loss: torch.Tensor, step_iou: torch.Tensor) -> None:
+        self.sums += torch.stack([step_loss.double(), step_iou])
+        self.steps += 1
+
+    def flush(self, *, state: TrainState, lr: float, world_size: int) -> dict:
+        """The record of the window (IoU in percent), which then starts again empty."""
+        mean = distributed.all_reduce_sum(self.sums.clone()) / (self.steps * world_size)
+        record = {
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "loss": float(mean[0]),
+            "iou": 100.0 * float(mean[1]),
+            "lr": lr,
+            "samples_per_s": self.steps * self.samples_per_step / max(time.perf_counter() - self.start, 1e-9),
+        }
+        self.sums.zero_()
+        self.steps, self.start = 0, time.perf_counter()
+        return record
 
 
 def steps_per_epoch(samples_per_process: int, micro_batch: int, accumulation: int) -> int:
@@ -161,4 +243,3 @@ def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
         return max(0.0, 1.0 - step / max(1, total_steps)) ** power
 
     return factor
-

@@ -7,17 +7,17 @@ checkpoints written atomically, exact resumption, and a clean stop on SIGINT/SIG
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -37,9 +37,9 @@ from mmnet.checkpoint import (
 from mmnet.config import Config, ConfigError, config_to_dict, load_config, save_config
 from mmnet.data.datasets import ReferTrainDataset
 from mmnet.data.refer import ReferIndex
-from mmnet.engine import TrainState, poly_schedule, steps_per_epoch, train_one_epoch
+from mmnet.engine import TrainState, batch_plan, poly_schedule, steps_per_epoch, train_one_epoch
 from mmnet.evaluate import evaluate, split_loader
-from mmnet.modeling import MMNet, mmnet_loss
+from mmnet.modeling import MMNet
 
 PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
 
@@ -51,17 +51,6 @@ def parameter_groups(model: MMNet, *, lr: float, backbone_lr_mult: float) -> lis
         if parameter.requires_grad:
             (backbone if name.startswith(PRETRAINED_PREFIXES) else heads).append(parameter)
     return [{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": heads, "lr": lr}]
-
-
-def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
-    """(micro-batch per process, micro-batches accumulated per optimizer step)."""
-    batch = config.train.batch_size
-    micro = config.train.micro_batch_size or batch // world_size
-    if micro < 1 or batch % (micro * world_size):
-        raise ConfigError(
-            f"train.batch_size={batch} must be a multiple of train.micro_batch_size ({micro}) x processes ({world_size})"
-        )
-    return micro, batch // (micro * world_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -147,172 +136,251 @@ def train(config: Config, *, resume: Optional[str] = None, stop_after_epochs: Op
         device: ``cpu`` or ``cuda``; None picks a GPU when there is one.
     """
     with distributed.session(device) as ctx:
-        return _train(config, ctx, resume=resume, stop_after_epochs=stop_after_epochs)
+        return Trainer(config=config, ctx=ctx, resume=resume).fit(stop_after_epochs=stop_after_epochs)
 
 
-def _train(config: Config, ctx: distributed.Context, *, resume: Optional[str], stop_after_epochs: Optional[int]) -> TrainResult:
-    output = Path(config.train.output_dir)
-    micro, accumulation = batch_plan(config, ctx.world_size)
-    if resume == "auto":
-        resume = str(output / "last") if (output / "last").exists() or (output / "last.old").exists() else None
-    if resume is None and ((output / "last").exists() or (output / "last.old").exists()):
-        raise ConfigError(f"{output} already holds a run; continue it with --resume auto, or choose another train.output_dir")
-    if resume is None and (output / "log.jsonl").is_file() and (output / "log.jsonl").stat().st_size > 0:
-        raise ConfigError(f"{output} holds the log of a run that saved no checkpoint; remove it, or choose another train.output_dir")
-    seed_everything(config.train.seed)  # the same initial weights on every process
+class Trainer:
+    """One training run of this process: built ready to train (data, model, optimizer, and the
+    state of a resumed run), then ``fit`` runs the epochs."""
 
-    index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
-    size, length = config.model.image_size, config.model.context_length
-    blind = config.data.text_blind
-    train_set = ReferTrainDataset(
-        index, split=config.data.train_split, image_size=size, context_length=length, seed=config.train.seed, text_blind=blind
-    )
-    train_sampler = distributed.ShardSampler(
-        len(train_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=True, seed=config.train.seed
-    )
-    # Loaders draw their worker seeds from their own generators, not the global one that dropout
-    # uses, so that a run resumed mid-epoch draws the same random numbers as one never stopped.
-    loader_options = {
-        "num_workers": config.data.num_workers,
-        "pin_memory": ctx.device.type == "cuda",
-        "generator": torch.Generator().manual_seed(config.train.seed),
-        "worker_init_fn": _ignore_interrupts,
-    }
-    train_loader = DataLoader(train_set, batch_size=micro, sampler=train_sampler, drop_last=True, **loader_options)
-    val_loader = split_loader(index, config.data.val_split, config, ctx, **loader_options)
-    per_epoch = steps_per_epoch(len(train_sampler), micro, accumulation)
-    if per_epoch == 0:
-        raise ConfigError(
-            f"{len(train_set)} training refs give no full step of train.batch_size={config.train.batch_size}; lower it"
+    def __init__(self, *, config: Config, ctx: distributed.Context, resume: Optional[str] = None) -> None:
+        """
+        Args:
+            config: every setting of the run.
+            ctx: this process's rank among the processes, and its device.
+            resume: a checkpoint directory to continue from, ``auto`` for ``<output_dir>/last``
+                when it exists, or None for a fresh run.
+        """
+        self.config, self.ctx = config, ctx
+        self.output = Path(config.train.output_dir)
+        self.micro, self.accumulation = batch_plan(config, ctx.world_size)
+        checkpoint = checkpoint_to_resume(self.output, resume)
+        seed_everything(config.train.seed)  # the same initial weights on every process
+        self.train_loader, self.val_loader = self._loaders()
+        total_steps = self._steps_per_epoch() * config.train.epochs
+        self.model = build_mmnet(config.model, load_clip_weights=checkpoint is None).to(ctx.device)
+        seed_everything(config.train.seed + ctx.rank)  # then dropout differs between processes
+        self.optimizer, self.scheduler = optimization(self.model, config, total_steps=total_steps)
+        self.state = TrainState() if checkpoint is None else self._resume(checkpoint)
+        self.wrapped = wrap(self.model, ctx)
+        self.stop = StopSignal()
+
+    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+        """This process's shard of ``data.train_split`` in micro-batches, and ``data.val_split``."""
+        config, ctx = self.config, self.ctx
+        index = distributed.main_first(ctx, lambda main: ReferIndex.from_config(config.data, progress=main))
+        train_set = ReferTrainDataset(
+            index,
+            split=config.data.train_split,
+            image_size=config.model.image_size,
+            context_length=config.model.context_length,
+            seed=config.train.seed,
+            text_blind=config.data.text_blind,
         )
+        sampler = distributed.ShardSampler(len(train_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=True, seed=config.train.seed)
+        # Loaders draw their worker seeds from their own generators, not the global one that dropout
+        # uses, so that a run resumed mid-epoch draws the same random numbers as one never stopped.
+        options = {
+            "num_workers": config.data.num_workers,
+            "pin_memory": ctx.device.type == "cuda",
+            "generator": torch.Generator().manual_seed(config.train.seed),
+            "worker_init_fn": _ignore_interrupts,
+        }
+        train_loader = DataLoader(train_set, batch_size=self.micro, sampler=sampler, drop_last=True, **options)
+        return train_loader, split_loader(index, config.data.val_split, config, ctx, **options)
 
-    model = build_mmnet(config.model, load_clip_weights=resume is None).to(ctx.device)
-    seed_everything(config.train.seed + ctx.rank)  # then dropout differs between processes
-    optimizer = torch.optim.Adam(
-        parameter_groups(model, lr=config.train.lr, backbone_lr_mult=config.train.backbone_lr_mult),
-        weight_decay=config.train.weight_decay,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(per_epoch * config.train.epochs, config.train.lr_power))
-    state = TrainState()
+    def _steps_per_epoch(self) -> int:
+        steps = steps_per_epoch(len(self.train_loader.sampler), self.micro, self.accumulation)
+        if steps == 0:
+            refs, batch = len(self.train_loader.dataset), self.config.train.batch_size
+            raise ConfigError(f"{refs} training refs give no full step of train.batch_size={batch}; lower it")
+        return steps
 
-    if resume is not None:
+    def _resume(self, resume: str) -> TrainState:
+        """Loads the weights, optimizer, schedule and this process's random state of a checkpoint
+        that continues this run; returns where it stood."""
         directory = find_checkpoint(resume)
         saved = load_state(directory)
-        _check_resumable(read_config(directory), config, directory, saved_world=len(saved["rng"]), world=ctx.world_size)
-        load_weights(model, directory)
+        _check_resumable(read_config(directory), self.config, directory, saved_world=len(saved["rng"]), world=self.ctx.world_size)
+        load_weights(self.model, directory)
         try:
-            optimizer.load_state_dict(saved["optimizer"])
+            self.optimizer.load_state_dict(saved["optimizer"])
         except ValueError as err:  # another number or order of parameters than this model's
             raise CheckpointError(f"{directory / STATE_FILE}: its optimizer state does not fit this model ({err})") from None
-        scheduler.load_state_dict(saved["scheduler"])
+        self.scheduler.load_state_dict(saved["scheduler"])
         state = TrainState(**saved["train_state"])
-        set_rng_state(saved["rng"][ctx.rank])
-        if ctx.is_main:
+        set_rng_state(saved["rng"][self.ctx.rank])
+        if self.ctx.is_main:
             print(f"mmnet: resuming from {directory} at epoch {state.epoch + 1}, step {state.step}", flush=True)
+        return state
 
-    wrapped = model
-    if ctx.distributed:
-        if ctx.device.type == "cuda":  # batch statistics over all GPUs; gloo on CPUs has no SyncBatchNorm
-            wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-    stop = StopSignal()
-    log_file, writer = None, None
-    if ctx.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-        save_config(config, output / "config.yaml")
-        log_file = (output / "log.jsonl").open("a")
-        writer = _tensorboard(output) if config.train.tensorboard else None
+    def fit(self, *, stop_after_epochs: Optional[int] = None) -> TrainResult:
+        """Trains and validates epoch by epoch until ``train.epochs`` are done, ``stop_after_epochs``
+        have run, or a signal stops the run (after saving ``last``)."""
+        self._write_config()
+        epochs_run = 0
+        with RunLog(output=self.output, tensorboard=self.config.train.tensorboard, enabled=self.ctx.is_main) as log, self.stop:
+            while self.state.epoch < self.config.train.epochs:
+                if self._train_epoch(log):
+                    path = self._save("last")
+                    if self.ctx.is_main:
+                        print(f"mmnet: stopped; resume with --resume {path}", flush=True)
+                    return self._result(interrupted=True)
+                self._end_epoch(log)
+                epochs_run += 1
+                if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
+                    break
+        return self._result(interrupted=False)
 
-    def log(record: dict) -> None:
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        if writer is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "step") and isinstance(value, (int, float)):
-                    writer.add_scalar(f"train/{key}", value, record["step"])
+    def _write_config(self) -> None:
+        if self.ctx.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.output / "config.yaml")
 
-    def checkpoint(*names: str) -> Optional[Path]:
-        """Every process hands in its random state; the main one writes the named checkpoints."""
+    def _train_epoch(self, log: RunLog) -> bool:
+        """The rest of the epoch in progress; True when a signal stopped it."""
+        epoch, done = self.state.epoch, self.state.epoch_step * self.accumulation * self.micro
+        self.train_loader.dataset.set_epoch(epoch)
+        self.train_loader.sampler.set_epoch(epoch, skip=done)
+        return train_one_epoch(
+            self.config,
+            model=self.wrapped,
+            loader=self.train_loader,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            ctx=self.ctx,
+            state=self.state,
+            log=log.training,
+            stop_requested=lambda: self.stop.requested,
+        )
+
+    def _end_epoch(self, log: RunLog) -> None:
+        """Validates, records the metrics, and saves ``last`` (and ``best`` when it is)."""
+        state = self.state
+        distributed.broadcast_buffers(self.model)  # every process validates and saves the same model
+        metrics, _ = evaluate(
+            model=self.model,
+            loader=self.val_loader,
+            ctx=self.ctx,
+            threshold=self.config.eval.threshold,
+            precision=self.config.eval.precision,
+            desc=f"val {state.epoch + 1}",
+        )
+        state.epoch += 1
+        state.epoch_step = 0
+        state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
+        log.validation(epoch=state.epoch, step=state.step, metrics=metrics)
+        is_best = metrics["mIoU"] > state.best_miou
+        if is_best:
+            state.best_miou = metrics["mIoU"]
+        if self.ctx.is_main:
+            print(f"epoch {state.epoch}: val mIoU {metrics['mIoU']:.2f}, oIoU {metrics['oIoU']:.2f}", flush=True)
+        # best first: a kill between the two saves must not leave last claiming a best that is not saved
+        self._save(*(("best", "last") if is_best else ("last",)))
+
+    def _save(self, *names: str) -> Optional[Path]:
+        """Every process hands in its random state; the main one writes the named checkpoints in
+        order, each atomically, and a second Ctrl-C waits until they are written."""
         rngs = distributed.all_gather_objects(rng_state())
         path = None
-        if ctx.is_main:
-            payload = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "train_state": vars(state),
+        if self.ctx.is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "train_state": vars(self.state),
                 "rng": rngs,
             }
-            stop.saving = True
-            for name in names:
-                path = save_checkpoint(output / name, model=model, config=config, state=payload)
-            stop.saving = False
+            self.stop.saving = True
+            try:
+                for name in names:
+                    path = save_checkpoint(self.output / name, model=self.model, config=self.config, state=state)
+            finally:
+                self.stop.saving = False
         distributed.barrier()
         return path
 
-    epochs_run = 0
-    interrupted = False
-    with stop:
-        while state.epoch < config.train.epochs:
-            train_set.set_epoch(state.epoch)
-            train_sampler.set_epoch(state.epoch, skip=state.epoch_step * accumulation * micro)
-            interrupted = train_one_epoch(
-                model=wrapped,
-                loader=train_loader,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                ctx=ctx,
-                state=state,
-                accumulation=accumulation,
-                samples_per_step=config.train.batch_size,
-                grad_clip=config.train.grad_clip,
-                bf16=config.train.bf16,
-                loss_fn=functools.partial(
-                    mmnet_loss,
-                    query_loss=config.train.query_loss,
-                    query_loss_weight=config.train.query_loss_weight,
-                    # Equal scores (w/o MQE, one query) have nothing to learn.
-                    score_loss_weight=config.train.score_loss_weight if model.estimator is not None else 0.0,
-                    dice_weight=config.train.dice_weight,
-                    target_resize=config.train.target_resize,
-                ),
-                threshold=config.eval.threshold,
-                log=log,
-                log_every=config.train.log_every,
-                stop_requested=lambda: stop.requested,
-            )
-            if interrupted:
-                path = checkpoint("last")
-                if ctx.is_main:
-                    print(f"mmnet: stopped; resume with --resume {path}", flush=True)
-                break
-            distributed.broadcast_buffers(model)  # every process validates and saves the same model
-            metrics, _ = evaluate(
-                model=model, loader=val_loader, ctx=ctx, threshold=config.eval.threshold, precision=config.eval.precision, desc=f"val {state.epoch + 1}"
-            )
-            state.epoch += 1
-            state.epoch_step = 0
-            state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
-            log({"epoch": state.epoch, "step": state.step, "val": metrics})
-            if writer is not None:
-                for key, value in {**metrics, **metrics["diagnostics"]}.items():
-                    if isinstance(value, (int, float)):  # not the diagnostics dict, nor one that is None
-                        writer.add_scalar(f"val/{key}", value, state.step)
-            is_best = metrics["mIoU"] > state.best_miou
-            if is_best:
-                state.best_miou = metrics["mIoU"]
-            if ctx.is_main:
-                print(f"epoch {state.epoch}: val mIoU {metrics['mIoU']:.2f}, oIoU {metrics['oIoU']:.2f}", flush=True)
-            # best first: a kill between the two saves must not leave last claiming a best that is not saved
-            checkpoint(*(("best", "last") if is_best else ("last",)))
-            epochs_run += 1
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-                break
-    if log_file is not None:
-        log_file.close()
-    if writer is not None:
-        writer.close()
-    return TrainResult(model=model, output_dir=output, state=state, interrupted=interrupted)
+    def _result(self, *, interrupted: bool) -> TrainResult:
+        return TrainResult(model=self.model, output_dir=self.output, state=self.state, interrupted=interrupted)
+
+
+def checkpoint_to_resume(output: Path, resume: Optional[str]) -> Optional[str]:
+    """The checkpoint a run continues from: ``resume``, with ``auto`` meaning ``<output>/last``
+    when it exists (else a fresh run). A fresh run refuses a folder that holds another run."""
+    holds_run = (output / "last").exists() or (output / "last.old").exists()
+    if resume == "auto":
+        resume = str(output / "last") if holds_run else None
+    if resume is None and holds_run:
+        raise ConfigError(f"{output} already holds a run; continue it with --resume auto, or choose another train.output_dir")
+    log = output / "log.jsonl"
+    if resume is None and log.is_file() and log.stat().st_size > 0:
+        raise ConfigError(f"{output} holds the log of a run that saved no checkpoint; remove it, or choose another train.output_dir")
+    return resume
+
+
+def optimization(model: MMNet, config: Config, *, total_steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over ``parameter_groups`` and the polynomial decay over ``total_steps`` optimizer steps."""
+    train = config.train
+    optimizer = torch.optim.Adam(
+        parameter_groups(model, lr=train.lr, backbone_lr_mult=train.backbone_lr_mult), weight_decay=train.weight_decay
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, train.lr_power))
+
+
+def wrap(model: MMNet, ctx: distributed.Context) -> nn.Module:
+    """The model as the training steps run it: under torchrun in DistributedDataParallel, with
+    SyncBatchNorm on GPUs (batch statistics over all of them; gloo on CPUs has none)."""
+    if not ctx.distributed:
+        return model
+    if ctx.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+
+
+class RunLog:
+    """The run's records: ``log.jsonl`` (a JSON line each) and, with ``train.tensorboard``, the
+    same numbers as TensorBoard scalars. Only the main process writes (``enabled``); leaving the
+    ``with`` block closes both, also when training raises."""
+
+    def __init__(self, *, output: Path, tensorboard: bool, enabled: bool) -> None:
+        self.output, self.tensorboard, self.enabled = output, tensorboard, enabled
+        self.file: Optional[TextIO] = None
+        self.writer = None
+
+    def __enter__(self) -> "RunLog":
+        if self.enabled:
+            self.file = (self.output / "log.jsonl").open("a")
+            self.writer = _tensorboard(self.output) if self.tensorboard else None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.file is not None:
+                self.file.close()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+    def training(self, record: dict) -> None:
+        """A record of ``train_one_epoch``; its numbers as scalars ``train/<key>``."""
+        self._write(record)
+        self._scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")}, record["step"])
+
+    def validation(self, *, epoch: int, step: int, metrics: dict) -> None:
+        """An epoch's validation metrics; as scalars ``val/<key>``, the query diagnostics among them."""
+        self._write({"epoch": epoch, "step": step, "val": metrics})
+        self._scalars("val", {**metrics, **metrics["diagnostics"]}, step)
+
+    def _write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def _scalars(self, group: str, values: dict, step: int) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)):  # not the diagnostics dict, nor one that is None
+                self.writer.add_scalar(f"{group}/{key}", value, step)
 
 
 def _tensorboard(output: Path):

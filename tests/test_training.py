@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mmnet import engine
 from mmnet import train as train_module
 from mmnet.checkpoint import CheckpointError, find_checkpoint, load_state
 from mmnet.config import Config, ConfigError, DataConfig, EvalConfig, TrainConfig, save_config
@@ -131,7 +132,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tm
     train(config, device="cpu", stop_after_epochs=1)
     good = weights(tmp_path / "run" / "last")
 
-    real_loss = train_module.mmnet_loss
+    real_loss = engine.mmnet_loss
     calls = {"n": 0}
 
     def poisoned(outputs, masks, **settings):
@@ -139,7 +140,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synth_root, tm
         parts = real_loss(outputs, masks, **settings)
         return {**parts, "loss": parts["loss"] * float("nan")} if calls["n"] == 3 else parts
 
-    monkeypatch.setattr(train_module, "mmnet_loss", poisoned)
+    monkeypatch.setattr(engine, "mmnet_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"the loss became nan at epoch 2, step \d+; training stopped without saving"):
         train(config, device="cpu", resume="auto")
     assert_same_weights(good, weights(tmp_path / "run" / "last"))
@@ -156,7 +157,7 @@ class _NanGradient(torch.autograd.Function):
 
 
 def test_non_finite_gradient_with_a_finite_loss_stops_too(synth_root, tmp_path, monkeypatch):
-    real_loss = train_module.mmnet_loss
+    real_loss = engine.mmnet_loss
     calls = {"n": 0}
 
     def poisoned(outputs, masks, **settings):
@@ -165,10 +166,50 @@ def test_non_finite_gradient_with_a_finite_loss_stops_too(synth_root, tmp_path, 
             outputs = outputs._replace(logits=_NanGradient.apply(outputs.logits))
         return real_loss(outputs, masks, **settings)
 
-    monkeypatch.setattr(train_module, "mmnet_loss", poisoned)
+    monkeypatch.setattr(engine, "mmnet_loss", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"the gradient norm became nan at epoch 1, step 1"):
         train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu")
     assert not (tmp_path / "run" / "last").exists()
+
+
+class _Writer:
+    """Stands in for TensorBoard's SummaryWriter."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_log_and_tensorboard_are_closed_when_training_raises(synth_root, tmp_path, monkeypatch):
+    logs, writers = [], []
+    open_path = Path.open
+
+    def recording_open(path, *args, **kwargs):
+        file = open_path(path, *args, **kwargs)
+        if path.name == "log.jsonl":
+            logs.append(file)
+        return file
+
+    def tensorboard(output):
+        writers.append(_Writer())
+        return writers[-1]
+
+    def poisoned(outputs, masks, **settings):
+        return real_loss(outputs._replace(logits=_NanGradient.apply(outputs.logits)), masks, **settings)
+
+    real_loss = engine.mmnet_loss
+    monkeypatch.setattr(Path, "open", recording_open)
+    monkeypatch.setattr(train_module, "_tensorboard", tensorboard)
+    monkeypatch.setattr(engine, "mmnet_loss", poisoned)
+    with pytest.raises(NonFiniteLossError):
+        train(tiny_run_config(synth_root, tmp_path / "run", tensorboard=True), device="cpu")
+    assert len(logs) == 1 and logs[0].closed
+    assert len(writers) == 1 and writers[0].closed
 
 
 def test_checkpoints_are_swapped_in_whole(synth_root, tmp_path):
