@@ -18,8 +18,10 @@ from mmnet import distributed
 from mmnet.config import Config, ConfigError
 from mmnet.device import autocast
 from mmnet.errors import MMNetError
+from mmnet.data.transforms import letterbox_geometry
 from mmnet.metrics import intersection_union, iou
-from mmnet.modeling import MMNetOutput, mmnet_loss, target_for
+from mmnet.modeling import MMNetOutput, mmnet_loss
+from mmnet.postprocess import probabilities
 
 
 class NonFiniteLossError(MMNetError):
@@ -72,10 +74,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def batch_iou(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> torch.Tensor:
-    """IoU per sample at the logits' resolution, for the progress bar: B."""
-    target = target_for(logits, masks) > 0.5
-    pred = logits.detach().float().sigmoid() > threshold
-    return iou(*intersection_union(pred[:, 0], target[:, 0]))
+    """IoU per sample for the progress bar, B: the prediction post-processed as everywhere else,
+    onto the S x S letterboxed canvas that a training sample's mask (B x 1 x S x S) covers."""
+    side = masks.shape[-1]
+    canvas = letterbox_geometry(height=side, width=side, size=side)
+    predicted = probabilities(logits[:, 0], canvas) > threshold
+    return iou(*intersection_union(predicted, masks[:, 0] > 0.5))
 
 
 def train_one_epoch(

@@ -12,6 +12,7 @@ from mmnet.config import Config, DataConfig, EvalConfig
 from mmnet.data.datasets import ExpressionBatches, collate_images
 from mmnet.data.refer import ReferIndex
 from mmnet.data.transforms import letterbox_geometry
+from mmnet.engine import batch_iou
 from mmnet.evaluate import evaluate, split_loader
 from mmnet.modeling import MMNetOutput
 from mmnet.postprocess import probabilities, segment
@@ -97,3 +98,15 @@ def test_segment_maps_each_expression_to_its_own_image_size():
     torch.testing.assert_close(probabilities(logits[0], square), logits[0].sigmoid())
     with pytest.raises(ValueError, match="1 geometries for 2 expressions"):
         segment(outputs, [square], threshold=0.5)
+
+
+def test_training_iou_reads_the_prediction_through_the_same_post_processing():
+    # 2 x 2 logits over an 8 x 8 canvas: each logit covers a 4 x 4 quarter (bilinear between them).
+    logits = torch.tensor([[[[4.0, -4.0], [-4.0, -4.0]]], [[[4.0, 4.0], [4.0, 4.0]]]])
+    masks = torch.zeros(2, 1, 8, 8)
+    masks[:, :, :4, :4] = 1
+    canvas = letterbox_geometry(height=8, width=8, size=8)
+    predicted = probabilities(logits[:, 0], canvas) > 0.5
+    expected = [(predicted[b] & (masks[b, 0] > 0)).sum() / (predicted[b] | (masks[b, 0] > 0)).sum() for b in range(2)]
+    torch.testing.assert_close(batch_iou(logits, masks, 0.5), torch.stack(expected).double())
+    assert batch_iou(logits, masks, 0.5)[1].item() == pytest.approx(16 / 64)  # all of the canvas predicted, a quarter true
