@@ -1,0 +1,74 @@
+"""Golden values: a tiny seeded MMNet's outputs and loss, against values stored in
+tests/golden/tiny_outputs.json, so that a change to any number the model computes is seen.
+
+A deliberate change of the model (new defaults, another initialisation) changes them; write
+them again, and say why in the commit, with
+
+    python tests/test_golden.py --write
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny import build_tiny, random_images, tokens_for, with_distinct_queries  # noqa: E402
+
+from mmnet.config import Config  # noqa: E402
+from mmnet.engine import loss_function  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "tiny_outputs.json"
+BACKBONES = ("RN-tiny", "ViT-tiny")
+TEXTS = ["the blue triangle", "a cat left of the dog"]
+SAMPLES = 16  # values read at evenly spaced positions of each output
+
+
+def _summary(tensor: torch.Tensor) -> dict:
+    flat = tensor.detach().double().flatten()
+    positions = torch.linspace(0, flat.numel() - 1, SAMPLES).round().long()
+    return {"shape": list(tensor.shape), "sum": flat.sum().item(), "abs_sum": flat.abs().sum().item(), "values": flat[positions].tolist()}
+
+
+def compute(backbone: str) -> dict:
+    model = with_distinct_queries(build_tiny(backbone, seed=0, num_queries=4), seed=1).eval()
+    images, tokens = random_images(2, seed=3), tokens_for(TEXTS)
+    with torch.no_grad():
+        outputs = model(images, tokens)
+    masks = torch.zeros(2, 1, images.shape[-1], images.shape[-1])
+    masks[0, :, 8:40, 16:48] = 1
+    masks[1, :, 30:60, 2:20] = 1
+    with torch.no_grad():
+        parts = loss_function(Config(), has_estimator=True)(outputs, masks)
+    return {
+        **{name: _summary(value) for name, value in zip(outputs._fields, outputs)},
+        "loss": {name: value.item() for name, value in parts.items()},
+    }
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_a_seeded_tiny_model_gives_the_stored_numbers(backbone):
+    stored = json.loads(GOLDEN.read_text())[backbone]
+    now = compute(backbone)
+    assert now.keys() == stored.keys()
+    for name, expected in stored.items():
+        if name == "loss":
+            assert now[name] == pytest.approx(expected, rel=1e-4, abs=1e-5), name
+            continue
+        assert now[name]["shape"] == expected["shape"], name
+        # Tolerances for another CPU's order of sums, far below any change of the model.
+        assert now[name]["values"] == pytest.approx(expected["values"], rel=1e-4, abs=1e-4), name
+        assert now[name]["sum"] == pytest.approx(expected["sum"], rel=1e-4, abs=1e-3), name
+        assert now[name]["abs_sum"] == pytest.approx(expected["abs_sum"], rel=1e-4, abs=1e-3), name
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit(__doc__)
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps({backbone: compute(backbone) for backbone in BACKBONES}, indent=1) + "\n")
+    print(f"written: {GOLDEN}")
