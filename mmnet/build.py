@@ -1,9 +1,11 @@
-"""Builds MMNet from a model config: the CLIP towers by name, the heads at the configured sizes."""
+"""Builds MMNet from a model config: the CLIP towers by name (with their pretrained weights, when
+asked for), the heads at the configured sizes."""
 
 from __future__ import annotations
 
 import torch
 
+from mmnet import weights
 from mmnet.config import ModelConfig
 from mmnet.modeling.blocks import he_init
 from mmnet.modeling.clip import create_clip, is_resnet
@@ -20,9 +22,11 @@ def build_mmnet(config: ModelConfig, *, load_clip_weights: bool = True) -> MMNet
     """MMNet for ``config``; with ``load_clip_weights`` (and ``config.clip_weights`` set) the
     towers start from the pretrained CLIP weights, otherwise from random ones."""
     config.validate()
-    if not load_clip_weights:
-        config = ModelConfig(**{**vars(config), "clip_weights": None})
-    clip = create_clip(config)
+    clip = create_clip(
+        config.backbone, image_size=config.image_size, context_length=config.context_length, quick_gelu=config.quick_gelu
+    )
+    if load_clip_weights and config.clip_weights:
+        weights.load_clip_weights(clip, config.clip_weights, backbone=config.backbone, quick_gelu=config.quick_gelu)
     dim = config.hidden_dim
     if is_resnet(clip):
         image_encoder = ResNetImageEncoder(tower=clip.visual, dim=dim, with_global=config.global_visual)

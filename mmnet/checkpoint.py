@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -183,8 +184,9 @@ def load_state(directory: Path) -> dict:
         raise CheckpointError(f"{path} is missing: this checkpoint holds weights only and cannot resume training")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable training state ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
+        reason = ": ".join([type(err).__name__, *str(err).splitlines()[:1]])
+        raise CheckpointError(f"{path}: not a readable training state ({reason})") from err
 
 
 def rng_state() -> dict:

@@ -29,6 +29,8 @@ INITS = ("he", "pytorch")
 QUERY_LOSSES = ("none", "all", "best")
 PRECISIONS = ("auto", "fp32", "bf16")
 TARGET_RESIZES = ("area", "nearest")
+PAPER_BACKBONES = ("RN50", "RN101", "ViT-B-16", "ViT-L-14")
+TINY_BACKBONES = ("RN-tiny", "ViT-tiny")
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -96,6 +98,41 @@ class ModelConfig:
         _check_choice("model.init", self.init, INITS)
         if self.word_logit_scale is not None and not self.word_logit_scale > 0:
             raise ConfigError(f"model.word_logit_scale must be above 0 or null, got {self.word_logit_scale}")
+        self._validate_backbone()
+
+    def _validate_backbone(self) -> None:
+        """The backbone is an open_clip CLIP whose towers MMNet uses, and the image size fits its grid."""
+        from mmnet.modeling.clip import clip_model_config  # imports torch, which reading settings does not need
+
+        clip = clip_model_config(self.backbone)
+        if clip is None:
+            raise ConfigError(
+                f"unknown model.backbone '{self.backbone}'; the paper's are {', '.join(PAPER_BACKBONES)}, "
+                f"the small ones {', '.join(TINY_BACKBONES)}"
+            )
+        vision, text = clip["vision_cfg"], clip["text_cfg"]
+        own_text = not (clip.get("custom_text") or "hf_model_name" in text or "hf_tokenizer_name" in text)
+        if not own_text or text.get("pool_type", "argmax") != "argmax" or text.get("no_causal_mask"):
+            raise ConfigError(
+                f"model.backbone={self.backbone}: MMNet's text encoder needs CLIP's own text transformer "
+                "(CLIP's BPE tokens, a causal mask, pooled at [EOS])"
+            )
+        if "timm_model_name" in vision:
+            raise ConfigError(
+                f"model.backbone={self.backbone} has a timm image tower; MMNet uses open_clip's own ResNets and ViTs"
+            )
+        if isinstance(vision["layers"], (list, tuple)):
+            if self.image_size % 32:
+                raise ConfigError(f"model.image_size={self.image_size} must be a multiple of 32 for {self.backbone}")
+            return
+        if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok":
+            raise ConfigError(f"model.backbone={self.backbone}: only ViTs pooled by their class token are supported")
+        patch = vision["patch_size"]
+        if self.image_size % (2 * patch):
+            raise ConfigError(
+                f"model.image_size={self.image_size} must be a multiple of {2 * patch} for {self.backbone} "
+                f"(patch {patch}, and the stride-32 scale halves the grid); ViT-L-14 uses 476"
+            )
 
 
 @dataclass

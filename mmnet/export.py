@@ -65,7 +65,7 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
                 external_data=False,
                 verbose=False,
             )
-        except Exception as err:
+        except (RuntimeError, OSError) as err:  # the exporter's own errors (torch.onnx.OnnxExporterError) are RuntimeErrors
             first_line = str(err).splitlines()[0] if str(err) else ""
             raise ExportError(f"exporting to {out} failed: {type(err).__name__}: {first_line}") from err
     return out

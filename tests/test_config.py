@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-
+import json
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 
+import mmnet
 from mmnet.build import build_mmnet
-from mmnet.config import Config, ConfigError, load_config, save_config
+from mmnet.config import Config, ConfigError, ModelConfig, load_config, save_config
 from mmnet.info import model_figures
 from tiny import tiny_model_config
 
@@ -77,6 +79,52 @@ def test_bad_files_are_refused_with_their_path(tmp_path):
     (tmp_path / "typo.yaml").write_text("model:\n  backbon: RN50\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: unknown setting 'model.backbon'"):
         load_config(tmp_path / "typo.yaml")
+
+
+def test_unknown_backbone_is_refused_by_validate_with_the_ones_there_are():
+    with pytest.raises(ConfigError, match="unknown model.backbone 'RN51'; the paper's are RN50, RN101, ViT-B-16, ViT-L-14, the small ones RN-tiny, ViT-tiny"):
+        ModelConfig(backbone="RN51").validate()
+    with pytest.raises(ConfigError, match="unknown model.backbone 'ViT-B/16'"):
+        load_config(None, ["model.backbone=ViT-B/16"])
+
+
+@pytest.mark.parametrize(
+    "backbone, fits, refused, message",
+    [
+        ("RN50", 480, 464, r"model.image_size=464 must be a multiple of 32 for RN50"),
+        ("RN-tiny", 64, 80, r"model.image_size=80 must be a multiple of 32 for RN-tiny"),
+        ("ViT-B-16", 480, 464, r"model.image_size=464 must be a multiple of 32 for ViT-B-16 \(patch 16.*ViT-L-14 uses 476"),
+        ("ViT-L-14", 476, 480, r"model.image_size=480 must be a multiple of 28 for ViT-L-14 \(patch 14.*ViT-L-14 uses 476"),
+        ("ViT-tiny", 64, 80, r"must be a multiple of 32 for ViT-tiny"),
+    ],
+)
+def test_image_size_must_fit_the_towers_grid(backbone, fits, refused, message):
+    ModelConfig(backbone=backbone, image_size=fits).validate()
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(backbone=backbone, image_size=refused).validate()
+
+
+@pytest.mark.parametrize(
+    "backbone, message",
+    [
+        ("ViT-B-16-SigLIP", r"MMNet's text encoder needs CLIP's own text transformer"),  # a custom text tower
+        ("ViT-H-14-worldwide", r"MMNet's text encoder needs CLIP's own text transformer"),  # another tokenizer
+        ("ViT-L-14-CLIPA", r"MMNet's text encoder needs CLIP's own text transformer"),
+        ("convnext_base", r"has a timm image tower"),
+    ],
+)
+def test_backbones_whose_towers_mmnet_cannot_use_are_refused(backbone, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(backbone=backbone, image_size=448).validate()
+
+
+def test_vits_pooled_otherwise_than_by_their_class_token_are_refused(tmp_path):
+    model_config = json.loads((Path(mmnet.__file__).parent / "clip_configs" / "ViT-tiny.json").read_text())
+    model_config["vision_cfg"]["pool_type"] = "avg"
+    (tmp_path / "ViT-tiny-avg-pooled.json").write_text(json.dumps(model_config))
+    open_clip.add_model_config(tmp_path / "ViT-tiny-avg-pooled.json")
+    with pytest.raises(ConfigError, match="model.backbone=ViT-tiny-avg-pooled: only ViTs pooled by their class token"):
+        ModelConfig(backbone="ViT-tiny-avg-pooled", image_size=64).validate()
 
 
 def test_configs_cover_every_dataset_and_backbone_of_table_1():

@@ -41,5 +41,5 @@ def load_plain_pickle(path: str | Path) -> Any:
         return _PlainDataUnpickler(io.BytesIO(data), path).load()
     except DataError:
         raise
-    except Exception as err:
+    except Exception as err:  # on corrupt data the unpickler fails with almost any built-in error type
         raise DataError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
