@@ -30,15 +30,15 @@ import shlex
 import shutil
 import statistics
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from mmnet.experiment import EVAL_SPLITS as SPLITS
+
 REPO = Path(__file__).resolve().parent.parent
-SPLITS = ["val", "testA", "testB"]
 FULL_NAME = "Nq = 24 (full model)"
 
 # (name, overrides, the paper's RefCOCO+ testA mIoU for the same setting or None): every row of
@@ -84,31 +84,25 @@ def _folder(name: str, seed: int) -> str:
 def train_and_evaluate(*, name: str, overrides: list[str], seed: int, config: str, data_root: str, out: str, epochs: int, threads: int) -> dict:
     """One run: trains a row's model with ``seed`` and evaluates its best checkpoint."""
     torch.set_num_threads(threads)
+    from mmnet import experiment
     from mmnet.config import load_config
-    from mmnet.evaluate import evaluate_checkpoint
-    from mmnet.train import train
 
-    run_dir = Path(out) / _folder(name, seed)
     settings = [
         f"data.root={data_root}",
-        f"train.output_dir={run_dir}",
+        f"train.output_dir={Path(out) / _folder(name, seed)}",  # this benchmark's own folder, emptied first
         f"train.epochs={epochs}",
         f"train.seed={seed}",
         "train.tensorboard=false",
         *overrides,
     ]
-    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: every run starts afresh
-    start = time.perf_counter()
-    trained = train(load_config(config, settings), device="cpu")
-    seconds = time.perf_counter() - start
-    evaluated = evaluate_checkpoint(run_dir / "best", SPLITS, device="cpu")
+    done = experiment.train_and_evaluate(load_config(config, settings), device="cpu")
     return {
         "name": name,
         "seed": seed,
         "overrides": overrides,
-        "train_seconds": seconds,
-        "val_history": [h["mIoU"] for h in trained.state.history],
-        "metrics": {split: evaluated[split]["metrics"] for split in SPLITS},
+        "train_seconds": done.seconds["train"],
+        "val_history": [h["mIoU"] for h in done.trained.state.history],
+        "metrics": done.metrics,
     }
 
 

@@ -1,4 +1,4 @@
-"""``mmnet demo``: the whole project on a CPU in about ten minutes.
+"""The demo (``mmnet demo``): the whole project on a CPU in about ten minutes.
 
 Writes a synthetic referring dataset, trains a small MMNet from scratch, evaluates it on val,
 testA and testB, and writes ``report.md`` (metrics, settings, time taken) and
@@ -8,7 +8,6 @@ testA and testB, and writes ``report.md`` (metrics, settings, time taken) and
 from __future__ import annotations
 
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -19,52 +18,46 @@ from PIL import Image
 from mmnet.config import config_to_dict, load_config
 from mmnet.data.synth import write_synthetic
 from mmnet.diagnostics import DIAGNOSTIC_NAMES, LABELS, MEANING, format_value
-from mmnet.evaluate import evaluate_checkpoint
+from mmnet.experiment import Experiment, train_and_evaluate
 from mmnet.metrics import METRIC_NAMES
-from mmnet.train import train
 from mmnet.visualize import stack
 
-SPLITS = ("val", "testA", "testB")
+def demo(
+    out: str | Path,
+    *,
+    config_path: str | Path = "configs/demo.yaml",
+    overrides: tuple[str, ...] = (),
+    seed: int = 0,
+    images: tuple[int, int, int, int] = (6000, 100, 100, 100),
+    size: tuple[int, int] = (320, 240),
+    examples: int = 6,
+) -> str:
+    """Synthesises a dataset under ``out``, trains and evaluates on CPU, and writes
+    ``out/report.md`` and ``out/predictions.png``; returns the report.
 
-
-def run_demo(args) -> int:
-    out = Path(args.out)
-    config = load_config(args.config, [f"data.root={out / 'data'}", f"train.output_dir={out / 'train'}", *args.overrides])
-    timings = {}
-
+    Args:
+        images: images of the train, val, testA and testB splits.
+        size: width and height of the synthetic images.
+        examples: val expressions drawn in predictions.png.
+    """
+    out = Path(out)
+    config = load_config(config_path, [f"data.root={out / 'data'}", f"train.output_dir={out / 'train'}", *overrides])
     start = time.perf_counter()
-    write_synthetic(
-        config.data.root,
-        name=config.data.dataset,
-        seed=args.seed,
-        images=args.images,
-        width=args.size[0],
-        height=args.size[1],
-    )
-    timings["synthesise the dataset"] = time.perf_counter() - start
+    write_synthetic(config.data.root, name=config.data.dataset, seed=seed, images=images, width=size[0], height=size[1])
+    seconds = {"synthesise the dataset": time.perf_counter() - start}
+    experiment = train_and_evaluate(config, device="cpu", vis_dir=out / "vis", vis_limit=examples)
+    seconds.update(experiment.seconds)
 
-    start = time.perf_counter()
-    for previous in (out / "train", out / "vis"):  # the demo's own folders: each demo starts afresh
-        shutil.rmtree(previous, ignore_errors=True)
-    result = train(config, device="cpu")
-    timings["train"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    best = out / "train" / "best"
-    results = evaluate_checkpoint(best, list(SPLITS), device="cpu", vis_dir=out / "vis", vis_limit=args.examples)
-    timings["evaluate"] = time.perf_counter() - start
-
-    panels = sorted((out / "vis" / "val").glob("*.png"), key=lambda p: int(p.stem))[: args.examples]
+    panels = sorted((out / "vis" / "val").glob("*.png"), key=lambda p: int(p.stem))[:examples]
     stack([Image.open(p) for p in panels]).save(out / "predictions.png")
-    report = _report(config, result, results, timings, args)
+    dataset = f"mmnet data synth --seed {seed} --images {' '.join(map(str, images))} --size {size[0]} {size[1]}"
+    report = _report(config, experiment, seconds, dataset)
     (out / "report.md").write_text(report)
-    print(report)
-    print(f"written: {out / 'report.md'}, {out / 'predictions.png'}")
-    return 0
+    return report
 
 
-def _report(config, result, results: dict, timings: dict, args) -> str:
-    metrics = {split: results[split]["metrics"] for split in SPLITS}
+def _report(config, experiment: Experiment, timings: dict, dataset: str) -> str:
+    result, metrics = experiment.trained, experiment.metrics
     lines = [
         "# MMNet demo",
         "",
@@ -99,7 +92,7 @@ def _report(config, result, results: dict, timings: dict, args) -> str:
         "",
         "## Settings",
         "",
-        f"Dataset: `mmnet data synth --seed {args.seed} --images {' '.join(map(str, args.images))} --size {args.size[0]} {args.size[1]}`.",
+        f"Dataset: `{dataset}`.",
         "",
         "```yaml",
         yaml.safe_dump(config_to_dict(config), sort_keys=False).rstrip(),

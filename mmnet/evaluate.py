@@ -1,9 +1,7 @@
-"""``mmnet eval``: the paper's metrics of a checkpoint on one or more splits, and Figure-5 pictures."""
+"""Evaluation: the paper's metrics of a model on a split, each image encoded once, and Figure-5 pictures."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -12,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmnet import diagnostics, distributed
+from mmnet import distributed
 from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_model, read_config
 from mmnet.config import Config, ConfigError, load_config, with_overrides
 from mmnet.data.datasets import ExpressionBatches, ReferEvalDataset, ReferImageEvalDataset, collate_eval, collate_images
@@ -21,7 +19,7 @@ from mmnet.data.refer import ReferIndex
 from mmnet.device import autocast
 from mmnet.diagnostics import QueryDiagnostics
 from mmnet.errors import MMNetError
-from mmnet.metrics import format_table, intersection_union, iou, summarize
+from mmnet.metrics import intersection_union, iou, summarize
 from mmnet.modeling import MMNetOutput
 from mmnet.postprocess import Segmentation, segment
 from mmnet.visualize import expression_panel
@@ -188,30 +186,3 @@ def save_panel(folder: Path, index: ReferIndex, entries: dict[str, Any], outputs
     path = folder / f"{entries['sent_id']}.png"
     panel.save(path)
     return path
-
-
-def run_eval(args) -> int:
-    results = evaluate_checkpoint(
-        args.checkpoint,
-        args.split,
-        config_path=args.config,
-        overrides=tuple(args.overrides),
-        vis_dir=args.vis,
-        vis_limit=args.vis_limit,
-        device=args.device,
-    )
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    print(format_table({split: r["metrics"] for split, r in results.items()}))
-    print(diagnostics.format_table({split: r["metrics"]["diagnostics"] for split, r in results.items()}))
-    find_checkpoint(args.checkpoint)  # a clear error when there is none
-    # Beside the checkpoint, not in it: saving the checkpoint again replaces its folder.
-    named = Path(args.checkpoint).resolve()  # best/, even where best.old/ was read after an interrupted save
-    out = Path(args.out) if args.out else named.parent / f"eval_{named.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({split: r["metrics"] for split, r in results.items()}, indent=2))
-    print(f"metrics written to {out}")
-    if args.vis:
-        print(f"pictures written to {args.vis}/<split>/<sent_id>.png")
-    return 0
-

@@ -1,4 +1,4 @@
-"""``mmnet export``: a trained MMNet as an ONNX graph with a free batch size.
+"""A trained MMNet as an ONNX graph with a free batch size (``mmnet export``).
 
 The graph takes ``images`` (B x 3 x S x S float32, letterboxed and CLIP-normalised as
 ``mmnet.data.transforms.Letterbox`` makes them) and ``tokens`` (B x L int64, as
@@ -9,7 +9,6 @@ The graph takes ``images`` (B x 3 x S x S float32, letterboxed and CLIP-normalis
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from pathlib import Path
 
@@ -69,19 +68,3 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
             first_line = str(err).splitlines()[0] if str(err) else ""
             raise ExportError(f"exporting to {out} failed: {type(err).__name__}: {first_line}") from err
     return out
-
-
-def run_export(args) -> int:
-    from mmnet.checkpoint import load_pretrained
-
-    if args.format != "onnx":
-        raise ExportError(f"unknown export format {args.format!r}; 'onnx' is the one there is")
-    model, config = load_pretrained(args.checkpoint)
-    path = export_onnx(model, args.out)
-    meta = {
-        "inputs": {"images": f"B x 3 x {model.image_size} x {model.image_size} float32", "tokens": f"B x {model.context_length} int64"},
-        "outputs": list(OUTPUTS),
-        "threshold": config.eval.threshold,
-    }
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}")
-    return 0

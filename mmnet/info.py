@@ -1,16 +1,12 @@
-"""``mmnet info``: parameters per part and FLOPs of one forward pass at the configured size."""
+"""Parameters per part and FLOPs of one forward pass at the configured size (``mmnet info``)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mmnet.build import build_mmnet
-from mmnet.config import ModelConfig, load_config
+from mmnet.config import ModelConfig
 from mmnet.data.tokenizer import EOS, SOS
 from mmnet.modeling.mmnet import PARTS, MMNet
 
@@ -61,13 +57,3 @@ def format_figures(figures: dict) -> str:
     for name, row in [*figures["parts"].items(), ("total", figures["total"])]:
         lines.append(f"{name:<16}{row['parameters'] / 1e6:>16.2f}{row['gflops']:>10.2f}")
     return "\n".join(lines)
-
-
-def run_info(args) -> int:
-    config = load_config(args.config, args.overrides).model
-    figures = model_figures(build_mmnet(config, load_clip_weights=False), config)
-    print(format_figures(figures))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2))
-    return 0

@@ -31,7 +31,6 @@ from mmnet.data.transforms import Letterbox
 from mmnet.device import autocast, choose_device
 from mmnet.modeling import MMNet
 from mmnet.postprocess import segment
-from mmnet.visualize import PREDICTION, spotlight
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]
 
@@ -57,7 +56,7 @@ class Prediction:
     """The probability above which ``mask`` holds."""
 
 
-def _as_image(image: ImageInput) -> Image.Image:
+def as_image(image: ImageInput) -> Image.Image:
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
@@ -135,7 +134,7 @@ class Predictor:
         texts = [text] if single else list(text)
         if not texts:
             raise DataError("no expression given: pass a string or a non-empty list of strings")
-        picture = _as_image(image)
+        picture = as_image(image)
         pixels, geometry = self.letterbox(picture)
         tokens = tokenize(texts, self.config.model.context_length)
         precision = self.config.eval.precision
@@ -162,42 +161,3 @@ class Predictor:
                     )
                 )
         return results[0] if single else results
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    words = "".join(c if c.isalnum() else "-" for c in text.lower()).split("-")
-    return "-".join(w for w in words if w)[:limit].strip("-") or "expression"
-
-
-def overlay(image: Image.Image, prediction: Prediction) -> Image.Image:
-    """The image dimmed where the object is unlikely, ``prediction.mask`` outlined in red."""
-    return spotlight(image, prediction.probability, outline=PREDICTION, threshold=prediction.threshold)
-
-
-def write_prediction(image: Image.Image, prediction: Prediction, out: Path, index: int) -> tuple[Path, Path]:
-    """Writes ``<index>_<words>_mask.png`` (white on black) and ``<index>_<words>_overlay.png`` into ``out``."""
-    stem = f"{index:02d}_{_slug(prediction.text)}"
-    mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
-    Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask_path)
-    overlay(image, prediction).save(overlay_path)
-    return mask_path, overlay_path
-
-
-def run_predict(args) -> int:
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, threshold=args.threshold, compile=args.compile)
-    image = _as_image(args.image)
-    predictions = predictor.predict(image, list(args.text))
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"{out}: cannot be made a folder for the predictions ({err.strerror or err})") from None
-    for index, prediction in enumerate(predictions, start=1):
-        mask_path, overlay_path = write_prediction(image, prediction, out, index)
-        best = int(np.argmax(prediction.query_scores))
-        print(
-            f'"{prediction.text}": {100 * prediction.mask.mean():.1f}% of the image; '
-            f"best query {best + 1} of {len(prediction.query_scores)} (score {prediction.query_scores[best]:.2f}); "
-            f"{mask_path}, {overlay_path.name}"
-        )
-    return 0

@@ -1,4 +1,4 @@
-"""``mmnet serve``: a web page around a Predictor. Upload an image, type an expression, and see
+"""The web page of ``mmnet serve`` around a Predictor. Upload an image, type an expression, and see
 the mask over the image and every query's mask with its score."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from mmnet.errors import MMNetError
-from mmnet.predictor import Predictor, overlay
-from mmnet.visualize import spotlight
+from mmnet.predictor import Predictor
+from mmnet.visualize import overlay, spotlight
 
 TITLE = "MMNet: referring image segmentation"
 
@@ -29,7 +29,7 @@ def segment(predictor: Predictor, image: Optional[np.ndarray], text: Optional[st
     except MMNetError as err:
         raise gr.Error(str(err)) from None
     picture = Image.fromarray(image).convert("RGB")
-    outlined = overlay(picture, result)
+    outlined = overlay(picture, result.probability, threshold=result.threshold)
     order = np.argsort(-result.query_scores, kind="stable")
     # Without the Multi-Mask Projector the one mask is the prediction: nothing per query to show.
     shown = order if len(result.query_masks) == len(order) else []
@@ -64,16 +64,3 @@ def build_app(predictor: Predictor):
         button.click(**action)
         text.submit(**action)
     return app
-
-
-def run_serve(args) -> int:
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise MMNetError("mmnet serve needs Gradio: pip install 'mmnet[serve]'") from None
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    try:
-        build_app(predictor).launch(server_name=args.host, server_port=args.port, share=False)
-    except OSError as err:  # the port is taken, or the address is not this machine's
-        raise MMNetError(f"cannot serve on {args.host}:{args.port} ({err}); pick another --port or --host") from None
-    return 0

@@ -1,4 +1,4 @@
-"""``mmnet train``: the training run of Sec. 4.1, in one process or under torchrun.
+"""The training run of Sec. 4.1 (``mmnet train``), in one process or under torchrun.
 
 Adam with polynomial decay, gradients accumulated up to ``train.batch_size`` samples per step
 over all processes, bf16 autocast on GPUs, validation every epoch, ``last`` and ``best``
@@ -34,7 +34,7 @@ from mmnet.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from mmnet.config import Config, ConfigError, config_to_dict, load_config, save_config
+from mmnet.config import Config, ConfigError, config_to_dict, save_config
 from mmnet.data.datasets import ReferTrainDataset
 from mmnet.data.refer import ReferIndex
 from mmnet.engine import TrainState, batch_plan, poly_schedule, steps_per_epoch, train_one_epoch
@@ -390,9 +390,3 @@ def _tensorboard(output: Path):
         print("mmnet: tensorboard is not installed; logging to log.jsonl only", flush=True)
         return None
     return SummaryWriter(str(output / "tensorboard"))
-
-
-def run_train(args) -> int:
-    config = load_config(args.config, args.overrides)
-    result = train(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs, device=args.device)
-    return 130 if result.interrupted else 0

@@ -41,6 +41,12 @@ def spotlight(
     return Image.fromarray(lit.clip(0, 255).astype(np.uint8))
 
 
+def overlay(image: Image.Image, probability: np.ndarray | torch.Tensor, *, threshold: float) -> Image.Image:
+    """A prediction over its image: dimmed where the object is unlikely, the mask
+    (``probability`` above ``threshold``, H x W) outlined in red."""
+    return spotlight(image, probability, outline=PREDICTION, threshold=threshold)
+
+
 def _tile(
     image: Image.Image,
     caption: str,

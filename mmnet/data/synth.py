@@ -20,10 +20,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mmnet.data.check import print_counts
 from mmnet.data.errors import DataError
 from mmnet.data.masks import uncompressed_rle
-from mmnet.data.refer import ReferIndex
 from mmnet.data.scenes import KIND_WORDS, Shape, choose_expressions, describe, is_referable, render, sample_scene
 
 SPLITS = ("train", "val", "testA", "testB")
@@ -139,17 +137,3 @@ def _bbox(mask: np.ndarray) -> list[float]:
     """COCO box [x, y, width, height] of the mask's pixels."""
     ys, xs = np.nonzero(mask)
     return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
-
-
-def run_synth(args) -> int:
-    width, height = args.size
-    if min(args.images) < 0 or args.images[0] == 0:
-        raise DataError(f"--images needs a positive train count and no negative count, got {args.images}")
-    if min(width, height) < 32:
-        raise DataError(f"--size must be at least 32 x 32 pixels, got {width} x {height}")
-    write_synthetic(args.out, name=args.name, seed=args.seed, images=args.images, width=width, height=height)
-    # Reading the set back checks it and leaves the index cached for the first run.
-    index = ReferIndex.load(args.out, args.name, "unc")
-    print_counts(index)
-    print(f"use it with: data.root={args.out} data.dataset={args.name} data.split_by=unc")
-    return 0

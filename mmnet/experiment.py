@@ -1,0 +1,60 @@
+"""Train, then evaluate the best checkpoint: the sequence the demo and the ablation benchmark share."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from mmnet.config import Config
+from mmnet.data.synth import SPLITS
+
+if TYPE_CHECKING:
+    from mmnet.train import TrainResult
+
+EVAL_SPLITS = SPLITS[1:]
+"""The splits a model is evaluated on: val, testA and testB."""
+
+
+@dataclass
+class Experiment:
+    trained: TrainResult
+    evaluation: dict[str, dict]
+    """Per split, ``metrics`` and ``records`` as ``mmnet.evaluate.evaluate_checkpoint`` gives them."""
+    seconds: dict[str, float]
+    """Wall time of ``train`` and ``evaluate``."""
+
+    @property
+    def metrics(self) -> dict[str, dict]:
+        return {split: result["metrics"] for split, result in self.evaluation.items()}
+
+
+def train_and_evaluate(
+    config: Config,
+    *,
+    splits: tuple[str, ...] = EVAL_SPLITS,
+    device: Optional[str] = None,
+    vis_dir: Optional[str | Path] = None,
+    vis_limit: Optional[int] = None,
+) -> Experiment:
+    """Trains as ``config`` says from scratch, then evaluates ``<train.output_dir>/best`` on ``splits``.
+
+    ``train.output_dir`` and ``vis_dir`` are emptied first: give folders this experiment owns.
+    """
+    from mmnet.evaluate import evaluate_checkpoint
+    from mmnet.train import train
+
+    output = Path(config.train.output_dir)
+    for previous in (output, vis_dir):
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    start = time.perf_counter()
+    trained = train(config, device=device)
+    seconds = {"train": time.perf_counter() - start}
+    start = time.perf_counter()
+    evaluation = evaluate_checkpoint(output / "best", list(splits), device=device, vis_dir=vis_dir, vis_limit=vis_limit)
+    seconds["evaluate"] = time.perf_counter() - start
+    return Experiment(trained=trained, evaluation=evaluation, seconds=seconds)
+
