@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
-from mmnet import distributed
-from mmnet.config import Config, DataConfig, EvalConfig
+from mmnet import Predictor, distributed
+from mmnet.config import Config, ConfigError, DataConfig, EvalConfig, TrainConfig
 from mmnet.data.datasets import ExpressionBatches, collate_images
 from mmnet.data.refer import ReferIndex
 from mmnet.data.transforms import letterbox_geometry
+from mmnet.device import autocast
 from mmnet.engine import batch_iou
 from mmnet.evaluate import evaluate, split_loader
 from mmnet.modeling import MMNetOutput
@@ -110,3 +113,21 @@ def test_training_iou_reads_the_prediction_through_the_same_post_processing():
     expected = [(predicted[b] & (masks[b, 0] > 0)).sum() / (predicted[b] | (masks[b, 0] > 0)).sum() for b in range(2)]
     torch.testing.assert_close(batch_iou(logits, masks, 0.5), torch.stack(expected).double())
     assert batch_iou(logits, masks, 0.5)[1].item() == pytest.approx(16 / 64)  # all of the canvas predicted, a quarter true
+
+
+def test_evaluation_precision_is_its_own_setting_not_trainings():
+    with pytest.raises(ConfigError, match=r"eval.precision"):
+        EvalConfig(precision="fp16").validate()
+    cpu = torch.device("cpu")
+    assert isinstance(autocast(cpu, "auto"), contextlib.nullcontext) and isinstance(autocast(cpu, "fp32"), contextlib.nullcontext)
+    model = with_distinct_queries(build_tiny(num_queries=4), seed=3)
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+
+    def predicted(**sections):
+        config = Config(model=tiny_model_config(num_queries=4), **sections)
+        return Predictor(model, config, device="cpu").predict(image, "the blue triangle").probability
+
+    full = predicted(train=TrainConfig(bf16=True))  # auto on a CPU: fp32, whatever training used
+    assert np.array_equal(full, predicted(eval=EvalConfig(precision="fp32")))
+    low = predicted(eval=EvalConfig(precision="bf16"), train=TrainConfig(bf16=False))
+    assert not np.array_equal(low, full) and np.abs(low - full).max() < 0.05
