@@ -25,8 +25,8 @@ from PIL import Image
 from mmnet.checkpoint import load_pretrained, save_pretrained
 from mmnet.config import Config, ConfigError
 from mmnet.data.errors import DataError
-from mmnet.data.images import as_rgb, load_image
-from mmnet.data.tokenizer import token_name, tokenize
+from mmnet.data.images import as_rgb, from_array, load_image
+from mmnet.data.tokenizer import token_name, tokenize, word_tokens
 from mmnet.data.transforms import Letterbox
 from mmnet.device import autocast, choose_device
 from mmnet.modeling import MMNet
@@ -54,20 +54,19 @@ class Prediction:
     """The T tokens the model read: '[SOS]', the BPE pieces of the words, '[EOS]'."""
     threshold: float
     """The probability above which ``mask`` holds."""
+    truncated: bool
+    """True when the expression had more tokens than the context length and was cut."""
 
 
 def as_image(image: ImageInput) -> Image.Image:
+    """A file path, PIL image or array (``mmnet.data.images.from_array``) as an RGB picture, as a person sees it."""
     if isinstance(image, (str, Path)):
         return load_image(image)
     if isinstance(image, Image.Image):
         return as_rgb(image)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise DataError(
-                f"an image array must be uint8 of H x W, H x W x 3 (RGB) or H x W x 4 (RGBA), got {image.dtype} {image.shape}"
-            )
-        return as_rgb(Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image))
-    raise DataError(f"an image is a file path, a PIL image or a uint8 array, got {type(image).__name__}")
+        return from_array(image)
+    raise DataError(f"an image is a file path, a PIL image or an array, got {type(image).__name__}")
 
 
 class Predictor:
@@ -124,7 +123,8 @@ class Predictor:
         """Segments, in ``image``, what ``text`` refers to.
 
         Args:
-            image: a file path, a PIL image, or a uint8 array (H x W, H x W x 3 or H x W x 4).
+            image: a file path, a PIL image, or an array: uint8, uint16 or floats in [0, 1], of
+                H x W, H x W x 3 or H x W x 4.
             text: one expression, or a list of them about the same image.
         Returns:
             a Prediction for one expression, or a list in the order of ``text``.
@@ -158,6 +158,7 @@ class Predictor:
                         word_attention=outputs.word_attention[b, :, :length].float().cpu().numpy(),
                         tokens=[token_name(int(t)) for t in chunk[b, :length]],
                         threshold=self.threshold,
+                        truncated=word_tokens(texts[start + b]) + 2 > self.config.model.context_length,
                     )
                 )
         return results[0] if single else results

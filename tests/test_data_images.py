@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from mmnet.data.errors import DataError
-from mmnet.data.images import load_image
+from mmnet.data.images import BACKGROUND, as_rgb, load_image
 
 
 def _exif_oriented(path, orientation=6):
@@ -79,5 +79,57 @@ def test_unreadable_image_names_the_file(tmp_path, content):
         Image.fromarray(noisy).save(path, quality=95)
         path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(DataError, match="cannot be read as an image") as err:
+        load_image(path)
+    assert str(path) in str(err.value)
+
+
+MID_GREY = 32768 * 255 / 65535
+
+
+def _stored(path, mode, value):
+    """A 12 x 8 image of one value in ``mode``, written to ``path`` in a format that opens in that mode."""
+    if mode == "P":
+        image = Image.new("P", (12, 8), 0)
+        image.putpalette([200, 10, 10, 0, 0, 255])
+        image.save(path, transparency=value)
+    elif mode in ("I;16", "I", "F"):
+        dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+        Image.fromarray(np.full((8, 12), value, dtype)).save(path)
+    else:
+        image = Image.new(mode, (12, 8))
+        image.putdata([value] * 96)
+        image.save(path)
+    return path
+
+
+# (mode, file, stored value, the colour a person sees)
+MODES = [
+    ("I;16", "g.png", 32768, (MID_GREY,) * 3),
+    ("I;16B", "g.tif", 32768, (MID_GREY,) * 3),
+    ("I", "sixteen.tif", 32768, (MID_GREY,) * 3),  # all in 0..65535: 16-bit
+    ("I", "wide.tif", 2**30, (2**30 * 255 / (2**31 - 1),) * 3),  # beyond: 32-bit
+    ("F", "unit.tif", 0.5, (127.5,) * 3),  # none above 1: [0, 1]
+    ("F", "levels.tif", 200.0, (200,) * 3),  # above 1: 0..255
+    ("LA", "la.png", (0, 0), BACKGROUND),  # black under full transparency
+    ("P", "p.png", 0, BACKGROUND),  # palette entry 0, red, is transparent
+    ("CMYK", "c.tif", (0, 255, 255, 0), (255, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("read", ["file", "pil"])
+@pytest.mark.parametrize("mode, name, value, seen", MODES, ids=[f"{m}-{n}" for m, n, *_ in MODES])
+def test_every_mode_is_read_as_a_person_sees_it(tmp_path, read, mode, name, value, seen):
+    path = _stored(tmp_path / name, mode, value)
+    with Image.open(path) as stored:
+        assert stored.mode == mode
+        image = load_image(path) if read == "file" else as_rgb(stored)
+    assert image.mode == "RGB" and image.size == (12, 8)
+    assert np.all(np.abs(np.asarray(image).astype(float) - seen) <= 1)
+
+
+def test_a_float_image_holding_nan_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "nan.tif"
+    Image.fromarray(np.full((8, 12), np.nan, np.float32)).save(path)
+    with pytest.raises(DataError, match="NaN") as err:
         load_image(path)
     assert str(path) in str(err.value)

@@ -63,3 +63,17 @@ def test_special_ids_and_token_names_are_the_tokenizers_own():
     tokens = tokenize("the blue triangle", 8)[0].tolist()
     assert [token_name(t) for t in tokens[:5]] == ["[SOS]", "the", "blue", "triangle", "[EOS]"]
     assert shortest_tokens(2, 5).tolist() == [[SOS, EOS, 0, 0, 0]] * 2
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\ufeff \u200d", "&#8203;", "\u2060\u3164\u00ad"])
+def test_expression_of_invisible_characters_only_is_refused_as_empty(text):
+    with pytest.raises(DataError, match="empty") as err:
+        tokenize(text, 17)
+    assert repr(text) in str(err.value)
+
+
+def test_zero_width_space_breaks_words_and_joiners_vanish():
+    # A zero-width space is where a reader sees one word end; a joiner or soft hyphen joins.
+    assert tokenize("blue\u200btriangle", 17).equal(tokenize("blue triangle", 17))
+    assert tokenize("blue\u2060tri\u00adangle\u200d", 17).equal(tokenize("bluetriangle", 17))
+    assert not tokenize("blue triangle", 17).equal(tokenize("bluetriangle", 17))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -14,9 +16,10 @@ from mmnet import distributed
 from mmnet.device import DeviceError, choose_device
 from mmnet.config import Config, EvalConfig
 from mmnet.data.errors import DataError
-from mmnet.data.tokenizer import tokenize
+from mmnet.data.tokenizer import tokenize, word_tokens
 from mmnet.data.transforms import Letterbox, to_original
 from mmnet.checkpoint import pretrained_directory
+from mmnet.predictor import as_image
 from mmnet.visualize import PREDICTION
 from tiny import build_tiny, tiny_model_config, with_distinct_queries
 
@@ -275,3 +278,48 @@ def test_predict_command_reports_a_missing_image_and_exits_2(tmp_path, capsys):
     argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.jpg"), "--text", "a cat"]
     assert main(argv) == 2
     assert "nope.jpg: image not found" in capsys.readouterr().err
+
+
+def test_a_16_bit_grey_image_is_predicted_as_the_grey_a_person_sees(tmp_path):
+    predictor = tiny_predictor()
+    levels = picture()[..., 0]
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # 0..255 as 0..65535
+    with Image.open(tmp_path / "deep.png") as stored:
+        assert stored.mode == "I;16"
+        by_pil = predictor.predict(stored, TEXTS[0]).probability
+    expected = predictor.predict(levels, TEXTS[0]).probability
+    np.testing.assert_array_equal(predictor.predict(tmp_path / "deep.png", TEXTS[0]).probability, expected)
+    np.testing.assert_array_equal(by_pil, expected)
+
+
+def test_uint16_and_unit_float_arrays_are_scaled_and_other_arrays_refused():
+    image = picture()
+    np.testing.assert_array_equal(np.asarray(as_image(image.astype(np.uint16) * 257)), image)
+    np.testing.assert_array_equal(np.asarray(as_image(image / 255)), image)
+    np.testing.assert_array_equal(np.asarray(as_image(image[..., 0].astype(np.uint16) * 257)), np.repeat(image[..., :1], 3, axis=2))
+    with pytest.raises(DataError, match=re.escape("got int64 (45, 70, 3)")):
+        as_image(image.astype(np.int64))
+    with pytest.raises(DataError, match=re.escape("got float64 (45, 70, 3) with values from")):
+        as_image(image / 254)
+
+
+def test_a_prediction_says_whether_its_expression_was_cut():
+    predictor = tiny_predictor()
+    length = predictor.config.model.context_length
+    fits, cut = " ".join(["zebra"] * (length - 2)), " ".join(["zebra"] * (length - 1))
+    assert word_tokens(fits) == length - 2 and word_tokens(cut) == length - 1
+    results = predictor.predict(picture(), [TEXTS[0], fits, cut])
+    assert [r.truncated for r in results] == [False, False, True]
+    assert len(results[2].tokens) == length
+
+
+def test_predict_command_says_when_an_expression_was_cut(tmp_path, capsys):
+    tiny_predictor().save_pretrained(tmp_path / "ckpt")
+    Image.fromarray(picture()).save(tmp_path / "photo.png")
+    long = " ".join(["zebra"] * 500)
+    argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "photo.png"), "--out", str(tmp_path / "out")]
+    assert main(argv + ["--text", TEXTS[0], "--text", long, "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    said = [n for n, line in enumerate(lines) if "cut at the context length" in line]
+    assert said == [2] and lines[1].startswith('"zebra zebra')
+    assert f"has {word_tokens(long) + 2} tokens with [SOS] and [EOS], the model read the first 17" in lines[2]

@@ -47,6 +47,7 @@ def run(args) -> int:
     import numpy as np
 
     from mmnet.data.errors import DataError
+    from mmnet.data.tokenizer import word_tokens
     from mmnet.predictor import Predictor, as_image
 
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, threshold=args.threshold, compile=args.compile)
@@ -65,4 +66,9 @@ def run(args) -> int:
             f"best query {best + 1} of {len(prediction.query_scores)} (score {prediction.query_scores[best]:.2f}); "
             f"{mask_path}, {overlay_path.name}"
         )
+        if prediction.truncated:
+            print(
+                f"  cut at the context length: the expression has {word_tokens(prediction.text) + 2} tokens with [SOS] and [EOS], "
+                f"the model read the first {len(prediction.tokens)}"
+            )
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+import regex
 import torch
-from open_clip.tokenizer import SimpleTokenizer
+from open_clip.tokenizer import SimpleTokenizer, basic_clean, whitespace_clean
 
 from mmnet.data.errors import DataError
 
@@ -18,10 +19,28 @@ EOS = 49407
 _NAMES = {SOS: "[SOS]", EOS: "[EOS]"}
 
 
+_INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
+"""Characters that show nothing: zero-width spaces and joiners, format and direction marks, the
+byte-order mark, soft hyphens, variation selectors, Hangul fillers, tags. Unicode's
+Default_Ignorable_Code_Point: all of category Cf but the few marks that are drawn (Arabic number
+signs) or arrange what is drawn (interlinear annotations, hieroglyph controls)."""
+
+
+def _clean(text: str) -> str:
+    """CLIP's cleaning (ftfy, HTML entities, whitespace, lower case) with invisible characters
+    taken out once entities and mojibake have become characters. A zero-width space marks where
+    a word ends, as in Thai or Khmer, so it becomes a space; the others join or mark what is
+    around them, so they go."""
+    text = basic_clean(text).replace("\u200b", " ")
+    return whitespace_clean(_INVISIBLE.sub("", text)).lower()
+
+
 @lru_cache(maxsize=1)
 def _clip_tokenizer() -> SimpleTokenizer:
     # The BPE vocabulary ships inside open_clip; nothing is downloaded.
-    return SimpleTokenizer()
+    tokenizer = SimpleTokenizer()
+    tokenizer.clean_fn = _clean
+    return tokenizer
 
 
 def word_tokens(text: str) -> int:
