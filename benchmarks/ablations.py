@@ -87,9 +87,11 @@ def train_and_evaluate(*, name: str, overrides: list[str], seed: int, config: st
     from mmnet import experiment
     from mmnet.config import load_config
 
+    run_dir = Path(out) / _folder(name, seed)
+    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: every run starts afresh
     settings = [
         f"data.root={data_root}",
-        f"train.output_dir={Path(out) / _folder(name, seed)}",  # this benchmark's own folder, emptied first
+        f"train.output_dir={run_dir}",
         f"train.epochs={epochs}",
         f"train.seed={seed}",
         "train.tensorboard=false",

@@ -8,6 +8,7 @@ testA and testB, and writes ``report.md`` (metrics, settings, time taken) and
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def demo(
     start = time.perf_counter()
     write_synthetic(config.data.root, name=config.data.dataset, seed=seed, images=images, width=size[0], height=size[1])
     seconds = {"synthesise the dataset": time.perf_counter() - start}
+    for previous in (out / "train", out / "vis"):  # the demo's own folders: each demo starts afresh
+        shutil.rmtree(previous, ignore_errors=True)
     experiment = train_and_evaluate(config, device="cpu", vis_dir=out / "vis", vis_limit=examples)
     seconds.update(experiment.seconds)
 

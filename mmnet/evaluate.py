@@ -37,6 +37,7 @@ def evaluate(
     threshold: float,
     precision: str,
     desc: str = "eval",
+    batch_size: Optional[int] = None,
     on_sample: Optional[OnSample] = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Predicts every expression of this process's shard, compares at the original resolution,
@@ -47,6 +48,8 @@ def evaluate(
 
     Args:
         model: MMNet (not wrapped in DDP: shards may differ in length).
+        batch_size: the most expressions decoded at once (``eval.batch_size``), also where one
+            image has more; None decodes each batch's expressions together.
         on_sample: called for each expression as (its batch entries: sent_id, ref_id, image_id,
             sentence, mask, geometry; its outputs, a batch of one; its Segmentation; its IoU),
             e.g. to draw it.
@@ -59,29 +62,31 @@ def evaluate(
     records = []
     queries = QueryDiagnostics(device=ctx.device)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
-        tokens, image_index = batch["tokens"].to(ctx.device), batch["image_index"]
         with autocast(ctx.device, precision):
             visual = model.encode_image(batch["image"].to(ctx.device))
-            if len(image_index) != len(batch["image_id"]) or not torch.equal(image_index, torch.arange(len(image_index))):
-                visual = visual.take(image_index)
-            outputs = model.decode(visual, tokens)
-        queries.update(outputs=outputs, tokens=tokens)
-        geometries = [batch["geometry"][k] for k in image_index.tolist()]
-        for e, segmentation in enumerate(segment(outputs, geometries, threshold=threshold)):
-            intersection, union = intersection_union(segmentation.mask, batch["mask"][e].bool())
-            k = int(image_index[e])
-            record = {
-                "sent_id": int(batch["sent_id"][e]),
-                "ref_id": int(batch["ref_id"][e]),
-                "image_id": int(batch["image_id"][k]),
-                "intersection": int(intersection),
-                "union": int(union),
-                "iou": float(iou(intersection, union)),
-            }
-            records.append(record)
-            if on_sample is not None:
-                entries = {**record, "sentence": batch["sentence"][e], "mask": batch["mask"][e], "geometry": geometries[e]}
-                on_sample(entries, MMNetOutput(*(v[e : e + 1] for v in outputs)), segmentation, record["iou"])
+        count = len(batch["image_index"])
+        for start in range(0, count, batch_size or count):
+            chunk = range(start, min(count, start + (batch_size or count)))
+            image_index = batch["image_index"][chunk.start : chunk.stop]
+            tokens = batch["tokens"][chunk.start : chunk.stop].to(ctx.device)
+            with autocast(ctx.device, precision):
+                outputs = model.decode(visual.take(image_index), tokens)
+            queries.update(outputs=outputs, tokens=tokens)
+            geometries = [batch["geometry"][k] for k in image_index.tolist()]
+            for e, segmentation in zip(chunk, segment(outputs, geometries, threshold=threshold)):
+                intersection, union = intersection_union(segmentation.mask, batch["mask"][e].bool())
+                record = {
+                    "sent_id": int(batch["sent_id"][e]),
+                    "ref_id": int(batch["ref_id"][e]),
+                    "image_id": int(batch["image_id"][batch["image_index"][e]]),
+                    "intersection": int(intersection),
+                    "union": int(union),
+                    "iou": float(iou(intersection, union)),
+                }
+                records.append(record)
+                if on_sample is not None:
+                    entries = {**record, "sentence": batch["sentence"][e], "mask": batch["mask"][e], "geometry": geometries[e - start]}
+                    on_sample(entries, MMNetOutput(*(v[e - start : e - start + 1] for v in outputs)), segmentation, record["iou"])
     records = [r for shard in distributed.all_gather_objects(records) for r in shard]
     records.sort(key=lambda r: r["sent_id"])
     diagnostics = queries.summary()
@@ -161,6 +166,7 @@ def evaluate_checkpoint(
                 threshold=config.eval.threshold,
                 precision=config.eval.precision,
                 desc=split,
+                batch_size=config.eval.batch_size,
                 on_sample=draw if vis_dir is not None else None,
             )
             results[split] = {"metrics": metrics, "records": records}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +38,12 @@ def train_and_evaluate(
     vis_dir: Optional[str | Path] = None,
     vis_limit: Optional[int] = None,
 ) -> Experiment:
-    """Trains as ``config`` says from scratch, then evaluates ``<train.output_dir>/best`` on ``splits``.
-
-    ``train.output_dir`` and ``vis_dir`` are emptied first: give folders this experiment owns.
-    """
+    """Trains as ``config`` says from scratch, then evaluates ``<train.output_dir>/best`` on ``splits``
+    (drawing up to ``vis_limit`` expressions per split into ``vis_dir``)."""
     from mmnet.evaluate import evaluate_checkpoint
     from mmnet.train import train
 
     output = Path(config.train.output_dir)
-    for previous in (output, vis_dir):
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
     start = time.perf_counter()
     trained = train(config, device=device)
     seconds = {"train": time.perf_counter() - start}

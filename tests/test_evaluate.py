@@ -104,15 +104,15 @@ def test_segment_maps_each_expression_to_its_own_image_size():
 
 
 def test_training_iou_reads_the_prediction_through_the_same_post_processing():
-    # 2 x 2 logits over an 8 x 8 canvas: each logit covers a 4 x 4 quarter (bilinear between them).
+    # 2 x 2 logits over an 8 x 8 canvas, read bilinearly at the canvas's pixel centres: along
+    # each axis the source position is clamp((i - 1.5) / 4, 0, 1), so 1 - s is 1, 1, 7/8, 5/8,
+    # 3/8, 1/8, 0, 0, and sample 0's logit is 8 (1 - s_x)(1 - s_y) - 4, above 0 where the
+    # product exceeds 1/2: 15 pixels, all inside the true 4 x 4 corner. IoU 15/16 (at the
+    # logits' own 2 x 2 it would be 1).
     logits = torch.tensor([[[[4.0, -4.0], [-4.0, -4.0]]], [[[4.0, 4.0], [4.0, 4.0]]]])
     masks = torch.zeros(2, 1, 8, 8)
     masks[:, :, :4, :4] = 1
-    canvas = letterbox_geometry(height=8, width=8, size=8)
-    predicted = probabilities(logits[:, 0], canvas) > 0.5
-    expected = [(predicted[b] & (masks[b, 0] > 0)).sum() / (predicted[b] | (masks[b, 0] > 0)).sum() for b in range(2)]
-    torch.testing.assert_close(batch_iou(logits, masks, 0.5), torch.stack(expected).double())
-    assert batch_iou(logits, masks, 0.5)[1].item() == pytest.approx(16 / 64)  # all of the canvas predicted, a quarter true
+    assert batch_iou(logits, masks, 0.5).tolist() == pytest.approx([15 / 16, 16 / 64])
 
 
 def test_evaluation_precision_is_its_own_setting_not_trainings():
@@ -131,3 +131,43 @@ def test_evaluation_precision_is_its_own_setting_not_trainings():
     assert np.array_equal(full, predicted(eval=EvalConfig(precision="fp32")))
     low = predicted(eval=EvalConfig(precision="bf16"), train=TrainConfig(bf16=False))
     assert not np.array_equal(low, full) and np.abs(low - full).max() < 0.05
+
+
+def test_evaluation_and_validation_run_at_the_evaluation_precision(synth_root, tmp_path, monkeypatch):
+    from mmnet import evaluate as evaluate_module
+    from mmnet.evaluate import evaluate_checkpoint
+    from mmnet.train import train
+
+    asked = []
+    real = evaluate_module.autocast
+    monkeypatch.setattr(evaluate_module, "autocast", lambda device, precision: asked.append(precision) or real(device, precision))
+    config = _config(synth_root, batch_size=4)
+    config.train = TrainConfig(epochs=1, batch_size=2, output_dir=str(tmp_path / "run"), tensorboard=False, bf16=True)
+    config.eval.precision = "fp32"
+    train(config, device="cpu")  # validation after the epoch
+    assert asked and set(asked) == {"fp32"}
+    asked.clear()
+    evaluate_checkpoint(tmp_path / "run" / "best", ["val"], device="cpu", overrides=("eval.precision=bf16",))
+    assert asked and set(asked) == {"bf16"}
+
+
+def test_no_expression_is_decoded_with_more_than_the_batch_size(synth_root, monkeypatch):
+    config = _config(synth_root, batch_size=2)
+    index = ReferIndex.from_config(config.data, progress=False)
+    model = build_tiny(num_queries=4).eval()
+    decoded = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda visual, tokens: decoded.append(tokens.shape[0]) or decode(visual, tokens))
+    loader = split_loader(index, "val", config, CPU)
+    assert max(len(batch["tokens"]) for batch in loader) > 2  # an image with more expressions than the batch size
+    _, records = evaluate(model=model, loader=loader, ctx=CPU, threshold=0.5, precision="fp32", batch_size=2)
+    assert max(decoded) == 2 and sum(decoded) == len(records) == len(index.sentences("val"))
+
+
+def test_a_process_with_no_images_of_the_split_reads_nothing(synth_root):
+    config = _config(synth_root, batch_size=4)
+    index = ReferIndex.from_config(config.data, progress=False)
+    images = len({index.ref(s.ref_id).image_id for s in index.sentences("val")})
+    spare = distributed.Context(rank=images, world_size=images + 1, local_rank=0, device=torch.device("cpu"))
+    assert list(split_loader(index, "val", config, spare)) == []
+    assert sum(len(b["tokens"]) for r in range(images) for b in split_loader(index, "val", config, spare.__class__(rank=r, world_size=images + 1, local_rank=0, device=spare.device))) == len(index.sentences("val"))
