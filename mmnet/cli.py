@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmnet.commands import data, demo, eval, export, info, predict, serve, train
+from mmnet.commands import data, demo, evaluate, export, info, predict, serve, train
 from mmnet.errors import MMNetError
 
-COMMANDS = (info, train, eval, predict, export, serve, demo, data)
+COMMANDS = (info, train, evaluate, predict, export, serve, demo, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

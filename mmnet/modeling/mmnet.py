@@ -153,10 +153,10 @@ class MMNet(nn.Module):
         elif visual.f_v3.shape[0] != batch:
             raise MMNetError(f"{visual.f_v3.shape[0]} images but {batch} expressions")
 
-        f_t, f_tg, padding = self.text_encoder(tokens)  # TextFeatures
-        f_ot = self.fusion_neck(visual.f_v2, visual.f_v3, visual.f_v4, f_tg)
+        text = self.text_encoder(tokens)
+        f_ot = self.fusion_neck(visual.f_v2, visual.f_v3, visual.f_v4, text.sentence)  # F_tg
         height, width = f_ot.shape[-2:]
-        f_q, word_attention = self.query_generator(visual, f_t, padding)
+        f_q, word_attention = self.query_generator(visual, text.words, text.padding)  # F_t
         f_s = self.decoder(f_ot.flatten(2).transpose(1, 2), f_q, (height, width))  # flatten of Eq. 5
         if self.estimator is not None:
             log_scores = self.estimator(f_q)
