@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from mmnet import weights
+from mmnet.backbones import clip_model_config
 from mmnet.config import ModelConfig
 from mmnet.modeling.blocks import he_init
 from mmnet.modeling.clip import create_clip, is_resnet
@@ -23,7 +24,10 @@ def build_mmnet(config: ModelConfig, *, load_clip_weights: bool = True) -> MMNet
     towers start from the pretrained CLIP weights, otherwise from random ones."""
     config.validate()
     clip = create_clip(
-        config.backbone, image_size=config.image_size, context_length=config.context_length, quick_gelu=config.quick_gelu
+        clip_model_config(config.backbone),
+        image_size=config.image_size,
+        context_length=config.context_length,
+        quick_gelu=config.quick_gelu,
     )
     if load_clip_weights and config.clip_weights:
         weights.load_clip_weights(clip, config.clip_weights, backbone=config.backbone, quick_gelu=config.quick_gelu)

@@ -102,7 +102,7 @@ class ModelConfig:
 
     def _validate_backbone(self) -> None:
         """The backbone is an open_clip CLIP whose towers MMNet uses, and the image size fits its grid."""
-        from mmnet.modeling.clip import clip_model_config  # imports torch, which reading settings does not need
+        from mmnet.backbones import clip_model_config  # open_clip imports torch: only when a config is checked
 
         clip = clip_model_config(self.backbone)
         if clip is None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import mmnet
 from mmnet.build import build_mmnet
+from mmnet.backbones import clip_model_config
 from mmnet.modeling.clip import create_clip
 from mmnet.weights import WeightsError, read_state_dict
 from tiny import tiny_model_config, tokens_for
@@ -259,7 +260,7 @@ def test_unknown_tag():
 @pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
 def test_create_clip_builds_what_open_clip_create_model_builds(backbone):
     torch.manual_seed(0)
-    ours = create_clip(backbone, image_size=96, context_length=22, quick_gelu=True)
+    ours = create_clip(clip_model_config(backbone), image_size=96, context_length=22, quick_gelu=True)
     torch.manual_seed(0)
     theirs = open_clip.create_model(
         backbone, pretrained=None, force_quick_gelu=True, force_image_size=96, force_context_length=22
@@ -274,7 +275,7 @@ def test_create_clip_builds_what_open_clip_create_model_builds(backbone):
 @pytest.mark.parametrize("backbone, size", [("RN50", 480), ("RN101", 480), ("ViT-B-16", 480), ("ViT-L-14", 476)])
 def test_paper_backbones_have_open_clips_shapes_at_the_working_size(backbone, size):
     with torch.device("meta"):
-        ours = create_clip(backbone, image_size=size, context_length=17, quick_gelu=True)
+        ours = create_clip(clip_model_config(backbone), image_size=size, context_length=17, quick_gelu=True)
         theirs = open_clip.create_model(
             backbone, force_quick_gelu=True, force_image_size=size, force_context_length=17, device=torch.device("meta")
         )
@@ -293,9 +294,12 @@ def test_building_random_towers_warns_of_nothing(caplog, capfd):
 
 
 def test_modeling_reads_neither_files_nor_configs():
-    """modeling/ builds modules; weight files are mmnet.weights' and settings mmnet.config's."""
+    """modeling/ builds modules; weight files are mmnet.weights', settings mmnet.config's, and
+    model configs by name (files of open_clip's and ours) mmnet.backbones'."""
     for path in sorted((Path(mmnet.__file__).parent / "modeling").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        source = path.read_text()
+        assert "add_model_config" not in source and "Path(" not in source and "open(" not in source, path.name
+        for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -305,4 +309,4 @@ def test_modeling_reads_neither_files_nor_configs():
             else:
                 continue
             for module in modules:
-                assert module not in ("mmnet.weights", "mmnet.config"), f"{path.name} imports {module}"
+                assert module not in ("mmnet.weights", "mmnet.config", "mmnet.backbones"), f"{path.name} imports {module}"
