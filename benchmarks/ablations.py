@@ -36,6 +36,7 @@ from typing import Optional
 
 import torch
 
+from mmnet.config import paper_text_overrides
 from mmnet.experiment import EVAL_SPLITS as SPLITS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,8 +62,7 @@ RUNS = [
     # The full model exactly as the paper's text writes it (docs/model.md, "Departures").
     (
         "Nq = 24, paper's text",
-        ["model.num_queries=24", "model.mask_sum=logit", "model.word_logit_scale=null", "model.estimator_residual=false",
-         "model.init=pytorch", "train.query_loss=none", "train.dice_weight=0", "train.target_resize=nearest"],
+        ["model.num_queries=24", *paper_text_overrides()],
         None,
     ),
 ]

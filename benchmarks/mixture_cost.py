@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from mmnet.config import paper_text_overrides
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import arguments, build, in_turns, inputs, write_results  # noqa: E402
 
-PAPER_TEXT = ["model.mask_sum=logit", "model.word_logit_scale=null", "model.estimator_residual=false", "model.init=pytorch"]
+PAPER_TEXT = [o for o in paper_text_overrides() if o.startswith("model.")]  # the model as the paper writes it
 MODELS = {"defaults": ["model.num_queries=24"], "paper's text": ["model.num_queries=24", *PAPER_TEXT]}
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from mmnet.config import paper_text_overrides
+
 REPO = Path(__file__).resolve().parent.parent
-PAPER_TEXT = ["model.mask_sum=logit", "model.word_logit_scale=null", "model.estimator_residual=false", "model.init=pytorch"]
+PAPER_TEXT = [o for o in paper_text_overrides() if o.startswith("model.")]  # the model as the paper writes it
 VARIANTS = {
     "paper's text": PAPER_TEXT,
     "defaults": [],

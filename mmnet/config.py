@@ -350,6 +350,19 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     return config_from_dict(values, f"{source} + overrides" if overrides else source)
 
 
+PAPER_TEXT = {
+    "model": {"mask_sum": "logit", "word_logit_scale": None, "estimator_residual": False, "init": "pytorch"},
+    "train": {"query_loss": "none", "dice_weight": 0.0, "target_resize": "nearest"},
+}
+"""The settings that undo every departure from the paper's text (docs/model.md, "Departures"):
+the model and the training exactly as the paper writes them."""
+
+
+def paper_text_overrides() -> list[str]:
+    """``PAPER_TEXT`` as ``key.sub=value`` overrides."""
+    return [f"{section}.{key}={yaml.safe_dump(value).splitlines()[0]}" for section, values in PAPER_TEXT.items() for key, value in values.items()]
+
+
 def with_overrides(config: Config, overrides: Iterable[str]) -> Config:
     """A copy of ``config`` with ``key.sub=value`` overrides applied."""
     values = config_to_dict(config)

@@ -12,7 +12,7 @@ import torch
 
 import mmnet
 from mmnet.build import build_mmnet
-from mmnet.config import Config, ConfigError, ModelConfig, load_config, save_config
+from mmnet.config import Config, ConfigError, ModelConfig, config_to_dict, load_config, save_config
 from mmnet.info import model_figures
 from tiny import tiny_model_config
 
@@ -181,3 +181,14 @@ def test_info_counts_parts_that_add_up():
     mlp = 2 * n * c * f
     expected = config.decoder_layers * 2 * (self_attention + cross_attention + mlp)
     assert parts["decoder"]["gflops"] * 1e9 == pytest.approx(expected)
+
+
+def test_the_paper_text_settings_are_one_list_the_ablation_config_and_overrides_agree_on():
+    from mmnet.config import PAPER_TEXT, paper_text_overrides
+
+    overridden = load_config(None, paper_text_overrides())
+    written = load_config(next(c for c in CONFIGS if c.name == "refcocoplus_rn50_ablation_paper_text.yaml"))
+    for config in (overridden, written):
+        for section, values in PAPER_TEXT.items():
+            assert {key: getattr(getattr(config, section), key) for key in values} == values
+    assert config_to_dict(Config().model) != config_to_dict(overridden.model)  # the defaults do depart
