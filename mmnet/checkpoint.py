@@ -11,18 +11,20 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from mmnet.config import Config, ConfigError, ModelConfig, config_from_dict, config_to_dict
 from mmnet.errors import MMNetError
-from mmnet.weights import mismatches, read_state_dict
+from mmnet.weights import mismatches, non_finite, read_state_dict
 
 if TYPE_CHECKING:
     from mmnet.modeling import MMNet
@@ -37,20 +39,50 @@ class CheckpointError(MMNetError):
 
 
 def save_checkpoint(directory: str | Path, *, model: nn.Module, config: Config, state: Optional[dict] = None) -> Path:
-    """Writes ``directory`` atomically: weights, config and (optionally) the training state."""
+    """Writes ``directory`` atomically: weights, config and (optionally) the training state.
+
+    A save is refused before it writes anything when the disk has less free space than the
+    larger of the checkpoint it replaces and the bytes of its tensors. A write that fails (a full
+    disk, a folder that cannot be written) raises a CheckpointError naming the folder and the
+    cause; what it had written is removed and the previous checkpoint stays whole. Every file
+    gets the mode the umask gives.
+    """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a save that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    staging.mkdir()
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        for stale in directory.parent.glob(f"{directory.name}.tmp-*"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        _check_free_space(directory, needed=max(_bytes_on_disk(directory), _tensor_bytes(weights) + _tensor_bytes(state)))
+        try:
+            staging.mkdir()
+            _write(staging, weights=weights, config=config, state=state)
+            _swap(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise CheckpointError(f"{directory}: the checkpoint could not be written: {_cause(err)}") from err
+    return directory
+
+
+def _write(staging: Path, *, weights: dict[str, torch.Tensor], config: Config, state: Optional[dict]) -> None:
     save_file(weights, str(staging / MODEL_FILE), metadata={"format": "pt"})
     (staging / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2))
     if state is not None:
-        torch.save(state, staging / STATE_FILE)
+        # Through a Python file, so that a failed write keeps its OSError (as __context__) rather
+        # than only torch's "unexpected pos".
+        with (staging / STATE_FILE).open("wb") as file:
+            torch.save(state, file)
+    mode = _file_mode()
+    for written in staging.iterdir():
+        os.chmod(written, mode)  # safetensors creates its file 600, Python's open what the umask allows
     for written in [*staging.iterdir(), staging]:  # on disk before the swap, so a power cut cannot leave it half written
         _fsync(written)
+
+
+def _swap(staging: Path, directory: Path) -> None:
     retired = directory.with_name(f"{directory.name}.old")
     if directory.exists():
         shutil.rmtree(retired, ignore_errors=True)
@@ -58,7 +90,60 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, config: Config, 
     os.replace(staging, directory)
     _fsync(directory.parent)
     shutil.rmtree(retired, ignore_errors=True)
-    return directory
+
+
+def _file_mode() -> int:
+    """The mode Python gives a new file: 0o666 less the umask, which os.umask reads only by setting it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _check_free_space(directory: Path, *, needed: int) -> None:
+    """Refuses a save before it starts when the disk cannot hold the new copy beside the old one."""
+    free = shutil.disk_usage(directory.parent).free
+    if free < needed:
+        raise CheckpointError(
+            f"{directory}: not enough free space for the checkpoint: it needs about {_mebibytes(needed)}, "
+            f"{directory.parent} has {_mebibytes(free)} free"
+        )
+
+
+def _mebibytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def _bytes_on_disk(directory: Path) -> int:
+    """The size of the checkpoint a save replaces, 0 when there is none."""
+    return sum(path.stat().st_size for path in directory.iterdir() if path.is_file()) if directory.is_dir() else 0
+
+
+def _tensor_bytes(value: object) -> int:
+    return sum(tensor.numel() * tensor.element_size() for _, tensor in _named_tensors(value))
+
+
+def _named_tensors(value: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors inside nested dicts, lists and tuples, each with its dotted path."""
+    if torch.is_tensor(value):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _named_tensors(inner, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, inner in enumerate(value):
+            yield from _named_tensors(inner, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _cause(err: BaseException) -> str:
+    """Why a write failed, in the operating system's words where they can be found: torch keeps
+    the OSError as the context of its own error, safetensors only names the errno in its message."""
+    for candidate in (err, err.__cause__, err.__context__):
+        if isinstance(candidate, OSError) and candidate.errno:
+            return os.strerror(candidate.errno).lower()
+    found = re.search(r"os error (\d+)", str(err))
+    if found:
+        return os.strerror(int(found.group(1))).lower()
+    return ": ".join([type(err).__name__, *str(err).splitlines()[:1]])
 
 
 def _fsync(path: Path) -> None:
@@ -116,6 +201,7 @@ def load_weights(model: nn.Module, directory: Path) -> None:
     """Loads ``model.safetensors`` strictly, naming the file and the first mismatch when it does not fit."""
     path = directory / MODEL_FILE
     weights, _ = read_state_dict(path)
+    _refuse_non_finite(weights, path=path, consequence="the file is damaged: save or download it again")
     expected = model.state_dict()
     for key in OBSOLETE_KEYS:
         if key in weights and key not in expected:
@@ -183,10 +269,22 @@ def load_state(directory: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing: this checkpoint holds weights only and cannot resume training")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as err:
         reason = ": ".join([type(err).__name__, *str(err).splitlines()[:1]])
         raise CheckpointError(f"{path}: not a readable training state ({reason})") from err
+    _refuse_non_finite(
+        dict(_named_tensors(state)), path=path, holding=" of the training state", consequence="training cannot continue from it"
+    )
+    return state
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], *, path: Path, holding: str = "", consequence: str) -> None:
+    """Refuses tensors with NaN or infinity: they load without error and turn every output NaN."""
+    damaged = non_finite(tensors)
+    if damaged:
+        count = f"{len(damaged)} tensor{'s' if len(damaged) > 1 else ''}{holding}"
+        raise CheckpointError(f"{path}: NaN or infinite values in {count} (e.g. {damaged[0]}); {consequence}")
 
 
 def rng_state() -> dict:

@@ -91,6 +91,19 @@ def mismatches(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
     return problems
 
 
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity: overwritten bytes read
+    without error, and a model computes NaN from them without saying why.
+
+    A sum is NaN or infinite when any of its terms is, so one pass finds them without a mask the
+    size of the tensor; the mask then confirms, as finite values can also sum past the range."""
+    return [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all()
+    ]
+
+
 # Entries of CLIP checkpoints that are not weights of the two towers.
 _NOT_TOWER_WEIGHTS = ("input_resolution", "context_length", "vocab_size", "logit_scale", "logit_bias", "attn_mask")
 

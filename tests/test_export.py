@@ -11,6 +11,7 @@ from mmnet.config import Config
 from mmnet.export import OUTPUTS
 from mmnet.checkpoint import save_pretrained
 from mmnet.export import export_onnx
+from test_checkpoint import float_tensor_names, overwrite_with_nan
 from tiny import build_tiny, random_images, tiny_model_config, tokens_for, with_distinct_queries
 
 ort = pytest.importorskip("onnxruntime")
@@ -43,6 +44,16 @@ def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tm
 def test_export_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_export_refuses_damaged_weights_and_writes_nothing(tmp_path, capsys):
+    save_pretrained(build_tiny(seed=5), Config(model=tiny_model_config()), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    damaged = float_tensor_names(path)[-1:]
+    overwrite_with_nan(path, damaged)
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert f"{path}: NaN or infinite values in 1 tensor (e.g. {damaged[0]})" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_leaves_the_callers_model_as_it_was(tmp_path):

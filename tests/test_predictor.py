@@ -21,6 +21,7 @@ from mmnet.data.transforms import Letterbox, to_original
 from mmnet.checkpoint import pretrained_directory
 from mmnet.predictor import as_image
 from mmnet.visualize import PREDICTION
+from test_checkpoint import float_tensor_names, overwrite_with_nan
 from tiny import build_tiny, tiny_model_config, with_distinct_queries
 
 TEXTS = ["the blue triangle", "large circle left of the red square", "the lowest shape"]
@@ -164,6 +165,16 @@ def test_missing_and_mismatched_checkpoints_are_clear_errors(tmp_path):
         Predictor.from_pretrained(tmp_path / "other")
 
 
+def test_weights_damaged_to_nan_are_refused_naming_the_file_the_tensor_and_how_many(tmp_path):
+    tiny_predictor().save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    damaged = float_tensor_names(path)[:2]
+    overwrite_with_nan(path, damaged)
+    names = "|".join(re.escape(name) for name in damaged)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: NaN or infinite values in 2 tensors \(e.g. ({names})\)"):
+        Predictor.from_pretrained(tmp_path / "ckpt", device="cpu")
+
+
 def test_a_checkpoint_with_the_obsolete_estimator_score_bias_loads_with_equal_outputs(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -278,6 +289,18 @@ def test_predict_command_reports_a_missing_image_and_exits_2(tmp_path, capsys):
     argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "nope.jpg"), "--text", "a cat"]
     assert main(argv) == 2
     assert "nope.jpg: image not found" in capsys.readouterr().err
+
+
+def test_predict_command_refuses_damaged_weights_and_exits_2(tmp_path, capsys):
+    tiny_predictor().save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    damaged = float_tensor_names(path)[:1]
+    overwrite_with_nan(path, damaged)
+    Image.fromarray(picture()).save(tmp_path / "photo.png")
+    argv = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "photo.png"), "--text", "a cat", "--out", str(tmp_path / "out")]
+    assert main(argv + ["--device", "cpu"]) == 2
+    assert f"{path}: NaN or infinite values in 1 tensor (e.g. {damaged[0]})" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_16_bit_grey_image_is_predicted_as_the_grey_a_person_sees(tmp_path):
