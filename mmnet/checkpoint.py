@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-from mmnet.config import Config, ConfigError, ModelConfig, config_from_dict, config_to_dict
+from mmnet.config import PAPER_TEXT, Config, ConfigError, ModelConfig, config_from_dict, config_to_dict
 from mmnet.errors import MMNetError
 from mmnet.weights import mismatches, non_finite, read_state_dict
 
@@ -167,8 +167,7 @@ def find_checkpoint(path: str | Path) -> Path:
 
 # Settings that checkpoints from before they existed were built and trained with: the paper's
 # text. A config.json without them describes such a run, not one with today's defaults.
-EARLIER_MODEL = {"mask_sum": "logit", "word_logit_scale": None, "estimator_residual": False, "init": "pytorch"}
-EARLIER_TRAIN = {"query_loss": "none", "dice_weight": 0.0, "target_resize": "nearest"}
+EARLIER_MODEL, EARLIER_TRAIN = PAPER_TEXT["model"], PAPER_TEXT["train"]
 
 
 def read_config(directory: Path) -> Config:
