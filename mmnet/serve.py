@@ -53,7 +53,7 @@ def read_upload(path: str, *, max_pixels: int) -> tuple[Image.Image, Optional[tu
     return picture.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0), picture.size
 
 
-def segment(predictor: Predictor, image: Optional[str], text: Optional[str], *, max_text_length: int, max_pixels: int):
+def answer(predictor: Predictor, image: Optional[str], text: Optional[str], *, max_text_length: int, max_pixels: int):
     """The page's one action on an uploaded image file: (overlay, [(query mask, caption), ...], summary).
 
     Args:
@@ -142,7 +142,7 @@ def build_app(
         # reading would meet a file that is no image with its generic error, where read_upload says
         # what is wrong.
         action = dict(
-            fn=lambda upload, t: segment(
+            fn=lambda upload, t: answer(
                 predictor, upload and upload["path"], t, max_text_length=max_text_length, max_pixels=max_pixels
             ),
             inputs=[image, text],

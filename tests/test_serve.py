@@ -19,7 +19,7 @@ gr = pytest.importorskip("gradio")
 import mmnet.serve  # noqa: E402
 from mmnet.cli import main  # noqa: E402
 from mmnet.predictor import Predictor  # noqa: E402
-from mmnet.serve import build_app, segment  # noqa: E402  (needs gradio)
+from mmnet.serve import answer, build_app  # noqa: E402  (needs gradio)
 
 LIMITS = dict(max_text_length=40, max_pixels=70 * 45)
 
@@ -30,9 +30,9 @@ def photo(path, height: int = 45, width: int = 70) -> str:
     return str(path)
 
 
-def test_segment_gives_the_overlay_the_queries_best_first_and_a_summary(tmp_path):
+def test_answer_gives_the_overlay_the_queries_best_first_and_a_summary(tmp_path):
     predictor = tiny_predictor()
-    overlay, queries, summary = segment(predictor, photo(tmp_path / "photo.png"), "  the blue triangle ", **LIMITS)
+    overlay, queries, summary = answer(predictor, photo(tmp_path / "photo.png"), "  the blue triangle ", **LIMITS)
     result = predictor.predict(picture(), "the blue triangle")
     assert overlay.size == (70, 45)
     assert len(queries) == 5
@@ -45,30 +45,30 @@ def test_segment_gives_the_overlay_the_queries_best_first_and_a_summary(tmp_path
     assert "Downscaled" not in summary and "Cut at the context length" not in summary
 
 
-def test_segment_asks_for_what_is_missing(tmp_path):
+def test_answer_asks_for_what_is_missing(tmp_path):
     predictor = tiny_predictor()
     with pytest.raises(gr.Error, match="Upload an image"):
-        segment(predictor, None, "the cat", **LIMITS)
+        answer(predictor, None, "the cat", **LIMITS)
     with pytest.raises(gr.Error, match="Type an expression"):
-        segment(predictor, photo(tmp_path / "photo.png"), "   ", **LIMITS)
+        answer(predictor, photo(tmp_path / "photo.png"), "   ", **LIMITS)
 
 
 def test_an_expression_over_the_limit_is_refused_without_being_echoed(tmp_path):
     image = photo(tmp_path / "photo.png")
     text = "the blue triangle left of the red circle " * 1000
     with pytest.raises(gr.Error) as refused:
-        segment(tiny_predictor(), image, text, **LIMITS)
+        answer(tiny_predictor(), image, text, **LIMITS)
     assert refused.value.message == f"The expression has {len(text.strip()):,} characters; this page reads at most 40."
     at_the_limit = "the blue triangle left of the red circle"
     assert len(at_the_limit) == 40
-    assert segment(tiny_predictor(), image, at_the_limit, **LIMITS)[2].startswith(f"**{at_the_limit}**")
+    assert answer(tiny_predictor(), image, at_the_limit, **LIMITS)[2].startswith(f"**{at_the_limit}**")
 
 
 def test_a_larger_image_is_downscaled_before_inference_and_the_summary_says_so(tmp_path, monkeypatch):
     seen = []
     predict = Predictor.predict
     monkeypatch.setattr(Predictor, "predict", lambda self, image, text: seen.append(image.size) or predict(self, image, text))
-    overlay, queries, summary = segment(tiny_predictor(), photo(tmp_path / "large.png", 90, 140), "the blue triangle", **LIMITS)
+    overlay, queries, summary = answer(tiny_predictor(), photo(tmp_path / "large.png", 90, 140), "the blue triangle", **LIMITS)
     assert seen == [(70, 45)]  # 140 x 90 has four times the 70 x 45 allowed: halved on each side
     assert overlay.size == (70, 45) and all(q.size == (70, 45) for q, _ in queries)
     assert "Downscaled from 140 x 90 to 70 x 45 pixels (this page reads at most 3,150 pixels)." in summary
@@ -79,30 +79,30 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path, monke
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 140 * 90 // 4)  # PIL refuses twice this, here 140 x 90
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("decoded an image too large to decode"))
     with pytest.raises(gr.Error, match=r"bomb.png is too large to decode: Image size \(12600 pixels\) exceeds limit"):
-        segment(tiny_predictor(), image, "the blue triangle", **LIMITS)
+        answer(tiny_predictor(), image, "the blue triangle", **LIMITS)
 
 
 def test_a_file_that_is_not_an_image_gets_a_clear_message(tmp_path):
     notes = tmp_path / "notes.png"
     notes.write_text("a shopping list, not a picture")
     with pytest.raises(gr.Error) as refused:
-        segment(tiny_predictor(), str(notes), "the blue triangle", **LIMITS)
+        answer(tiny_predictor(), str(notes), "the blue triangle", **LIMITS)
     assert refused.value.message == "notes.png is not an image this page can read; upload a PNG, JPEG or WebP picture."
     cut = tmp_path / "cut.png"  # a PNG's header and the start of its pixels
     cut.write_bytes(Path(photo(tmp_path / "whole.png")).read_bytes()[:200])
     with pytest.raises(gr.Error, match=r"cut.png cannot be decoded as an image \(it may be cut short or damaged\)"):
-        segment(tiny_predictor(), str(cut), "the blue triangle", **LIMITS)
+        answer(tiny_predictor(), str(cut), "the blue triangle", **LIMITS)
 
 
 def test_an_upload_deleted_from_the_cache_is_asked_for_again(tmp_path):
     with pytest.raises(gr.Error, match="photo.png is no longer on the server .*; upload it again"):
-        segment(tiny_predictor(), str(tmp_path / "photo.png"), "the blue triangle", **LIMITS)
+        answer(tiny_predictor(), str(tmp_path / "photo.png"), "the blue triangle", **LIMITS)
 
 
 def test_an_expression_cut_at_the_context_length_is_noted_in_the_summary(tmp_path):
     predictor = tiny_predictor()
     text = "the blue triangle " * 6  # 18 words and [SOS], [EOS]: over the tiny model's 17 tokens
-    summary = segment(predictor, photo(tmp_path / "photo.png"), text, max_text_length=500, max_pixels=70 * 45)[2]
+    summary = answer(predictor, photo(tmp_path / "photo.png"), text, max_text_length=500, max_pixels=70 * 45)[2]
     assert predictor.config.model.context_length == 17
     assert "Cut at the context length: the expression has 20 tokens with [SOS] and [EOS]; the model read the first 17." in summary
 
