@@ -7,11 +7,12 @@ import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mmnet import distributed
@@ -22,6 +23,55 @@ from mmnet.data.transforms import letterbox_geometry
 from mmnet.metrics import intersection_union, iou
 from mmnet.modeling import MMNetOutput, mmnet_loss
 from mmnet.postprocess import probabilities
+
+
+class LoaderPass:
+    """One pass over a DataLoader's batches, as a ``with`` block whose end also ends the loader's
+    worker processes, however the block ends.
+
+    Left to themselves, the workers of a pass that an exception broke off would live on until the
+    interpreter exits (the traceback keeps the pass alive), and there multiprocessing stops them
+    with SIGTERM, which training's workers ignore, and waits for them without end. An MMNetError
+    raised in a worker arrives as itself, with its own message, as it does without workers.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        self._batches = iter(loader)
+
+    def __enter__(self) -> "LoaderPass":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # What DataLoader does when a pass is garbage collected: a stop message to each worker,
+        # then a join.
+        shutdown = getattr(self._batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def __iter__(self) -> "LoaderPass":
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._batches)
+        except MMNetError as err:
+            original = _raised_in_worker(err)
+            if original is None:
+                raise
+            raise original from None
+
+
+def _raised_in_worker(err: MMNetError) -> Optional[MMNetError]:
+    """The error a DataLoader worker raised, rebuilt from the one DataLoader raises in its stead,
+    whose message is "Caught <type> in DataLoader worker process <n>", the worker's traceback, and
+    last "<module>.<type>: <the original message>"; None for an error raised elsewhere."""
+    text, marker = str(err), f"{type(err).__module__}.{type(err).__qualname__}: "
+    if not text.startswith(f"Caught {type(err).__name__} in DataLoader worker") or marker not in text:
+        return None
+    return type(err)(text.rsplit(marker, 1)[1].rstrip("\n"))
 
 
 class NonFiniteLossError(MMNetError):
@@ -116,8 +166,8 @@ def train_one_epoch(
     window = LogWindow(device=ctx.device, samples_per_step=config.train.batch_size)
     model.train()
     bar = tqdm(total=steps_left, desc=f"epoch {state.epoch + 1}", unit="step", disable=not ctx.is_main, dynamic_ncols=True)
-    with bar:
-        for index, batch in enumerate(loader):
+    with bar, LoaderPass(loader) as batches:
+        for index, batch in enumerate(batches):
             if index // accumulation >= steps_left:
                 break
             last_micro = (index + 1) % accumulation == 0

@@ -8,6 +8,8 @@ checkpoints written atomically, exact resumption, and a clean stop on SIGINT/SIG
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import signal
 import threading
@@ -24,6 +26,8 @@ from torch.utils.data import DataLoader
 from mmnet import distributed
 from mmnet.build import build_mmnet
 from mmnet.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
     STATE_FILE,
     CheckpointError,
     find_checkpoint,
@@ -37,9 +41,10 @@ from mmnet.checkpoint import (
 from mmnet.config import Config, ConfigError, config_to_dict, save_config
 from mmnet.data.datasets import ReferTrainDataset
 from mmnet.data.refer import ReferIndex
-from mmnet.engine import TrainState, batch_plan, poly_schedule, steps_per_epoch, train_one_epoch
+from mmnet.engine import LoaderPass, TrainState, batch_plan, poly_schedule, steps_per_epoch, train_one_epoch
 from mmnet.evaluate import evaluate, split_loader
 from mmnet.modeling import MMNet
+from mmnet.runlock import run_lock
 
 PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
 
@@ -89,7 +94,8 @@ class StopSignal:
 
 def _ignore_interrupts(worker_id: int) -> None:
     """Data-loader workers leave Ctrl-C and SIGTERM (which torchrun and schedulers send to the
-    whole process group) to the main process, which stops cleanly and then ends them."""
+    whole process group) to the main process, which stops cleanly and then ends them: every pass
+    over a loader is a ``LoaderPass``, which stops its workers however it ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -126,16 +132,17 @@ class TrainResult:
 
 
 def train(config: Config, *, resume: Optional[str] = None, stop_after_epochs: Optional[int] = None, device: Optional[str] = None) -> TrainResult:
-    """Trains as ``config`` says.
+    """Trains as ``config`` says, holding the lock on ``train.output_dir`` (``run_lock``) for
+    as long as the run writes there.
 
     Args:
-        resume: a checkpoint directory to continue from, or ``auto`` for ``<output_dir>/last``
-            when it exists.
+        resume: a checkpoint directory to continue from, or ``auto`` for the newest complete
+            checkpoint of ``<output_dir>/last`` and ``<output_dir>/best`` when there is one.
         stop_after_epochs: end this run (with a resumable checkpoint) after so many epochs,
             for jobs with a time limit.
         device: ``cpu`` or ``cuda``; None picks a GPU when there is one.
     """
-    with distributed.session(device) as ctx:
+    with distributed.session(device) as ctx, run_lock(Path(config.train.output_dir), enabled=ctx.is_main):
         return Trainer(config=config, ctx=ctx, resume=resume).fit(stop_after_epochs=stop_after_epochs)
 
 
@@ -148,13 +155,14 @@ class Trainer:
         Args:
             config: every setting of the run.
             ctx: this process's rank among the processes, and its device.
-            resume: a checkpoint directory to continue from, ``auto`` for ``<output_dir>/last``
-                when it exists, or None for a fresh run.
+            resume: a checkpoint directory to continue from, ``auto`` (see ``checkpoint_to_resume``),
+                or None for a fresh run.
         """
         self.config, self.ctx = config, ctx
         self.output = Path(config.train.output_dir)
         self.micro, self.accumulation = batch_plan(config, ctx.world_size)
-        checkpoint = checkpoint_to_resume(self.output, resume)
+        checkpoint = checkpoint_to_resume(self.output, resume, verbose=ctx.is_main)
+        self.resumed = checkpoint is not None
         seed_everything(config.train.seed)  # the same initial weights on every process
         self.train_loader, self.val_loader = self._loaders()
         total_steps = self._steps_per_epoch() * config.train.epochs
@@ -219,7 +227,8 @@ class Trainer:
         have run, or a signal stops the run (after saving ``last``)."""
         self._write_config()
         epochs_run = 0
-        with RunLog(output=self.output, tensorboard=self.config.train.tensorboard, enabled=self.ctx.is_main) as log, self.stop:
+        resumed_at = self.state.step if self.resumed else None
+        with RunLog(output=self.output, tensorboard=self.config.train.tensorboard, enabled=self.ctx.is_main, resumed_at=resumed_at) as log, self.stop:
             while self.state.epoch < self.config.train.epochs:
                 if self._train_epoch(log):
                     path = self._save("last")
@@ -258,14 +267,15 @@ class Trainer:
         """Validates, records the metrics, and saves ``last`` (and ``best`` when it is)."""
         state = self.state
         distributed.broadcast_buffers(self.model)  # every process validates and saves the same model
-        metrics, _ = evaluate(
-            model=self.model,
-            loader=self.val_loader,
-            ctx=self.ctx,
-            threshold=self.config.eval.threshold,
-            precision=self.config.eval.precision,
-            desc=f"val {state.epoch + 1}",
-        )
+        with LoaderPass(self.val_loader) as batches:
+            metrics, _ = evaluate(
+                model=self.model,
+                loader=batches,
+                ctx=self.ctx,
+                threshold=self.config.eval.threshold,
+                precision=self.config.eval.precision,
+                desc=f"val {state.epoch + 1}",
+            )
         state.epoch += 1
         state.epoch_step = 0
         state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
@@ -303,18 +313,63 @@ class Trainer:
         return TrainResult(model=self.model, output_dir=self.output, state=self.state, interrupted=interrupted)
 
 
-def checkpoint_to_resume(output: Path, resume: Optional[str]) -> Optional[str]:
-    """The checkpoint a run continues from: ``resume``, with ``auto`` meaning ``<output>/last``
-    when it exists (else a fresh run). A fresh run refuses a folder that holds another run."""
-    holds_run = (output / "last").exists() or (output / "last.old").exists()
+RESUMABLE = ("last", "last.old", "best", "best.old")
+"""The checkpoints of a run's folder that ``--resume auto`` chooses from, in this order when they
+stand at the same step (the ``.old`` forms are left by a save interrupted mid-swap)."""
+
+
+def checkpoint_to_resume(output: Path, resume: Optional[str], *, verbose: bool = True) -> Optional[str]:
+    """The checkpoint a run continues from: ``resume``, with ``auto`` meaning the newest complete
+    one of ``RESUMABLE`` in ``output`` (a failed save of ``last`` may leave only ``best``), or a
+    fresh run when there is none. A fresh run refuses a folder that holds another run.
+
+    Args:
+        verbose: say which checkpoint ``auto`` passed over, and why.
+    """
+    saved = [output / name for name in RESUMABLE if (output / name).exists()]
     if resume == "auto":
-        resume = str(output / "last") if holds_run else None
-    if resume is None and holds_run:
+        resume = str(newest_complete_checkpoint(output, saved, verbose=verbose)) if saved else None
+    if resume is None and saved:
         raise ConfigError(f"{output} already holds a run; continue it with --resume auto, or choose another train.output_dir")
     log = output / "log.jsonl"
     if resume is None and log.is_file() and log.stat().st_size > 0:
         raise ConfigError(f"{output} holds the log of a run that saved no checkpoint; remove it, or choose another train.output_dir")
     return resume
+
+
+def newest_complete_checkpoint(output: Path, candidates: list[Path], *, verbose: bool) -> Path:
+    """Of ``candidates``, the checkpoint with the most training steps among those that hold the
+    weights, the config and a readable training state."""
+    complete, passed_over = [], []
+    for directory in candidates:
+        missing = [name for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE) if not (directory / name).is_file()]
+        step = None if missing else _saved_step(directory)
+        if step is not None:
+            complete.append((step, directory))
+        else:
+            passed_over.append(f"{directory.name}/ lacks {', '.join(missing)}" if missing else f"{directory / STATE_FILE} cannot be read")
+    if not complete:
+        raise CheckpointError(
+            f"{output} holds no complete checkpoint to resume ({'; '.join(passed_over)}); "
+            "name one with --resume DIR, or start a fresh run in another train.output_dir"
+        )
+    _, chosen = max(complete, key=lambda found: found[0])  # max keeps the first of equals
+    older = [directory.name for _, directory in complete if directory != chosen]
+    if verbose and chosen.name != "last":
+        reasons = passed_over + [f"{name}/ is older" for name in older]
+        because = f" ({'; '.join(reasons)})" if reasons else ""
+        print(f"mmnet: --resume auto takes {chosen}, the newest complete checkpoint{because}", flush=True)
+    return chosen
+
+
+def _saved_step(directory: Path) -> Optional[int]:
+    """The optimizer steps a checkpoint's training state records, None when it cannot be read.
+    Memory-mapped: the optimizer's tensors are not read."""
+    try:
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["train_state"]["step"])
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError):
+        return None
 
 
 def optimization(model: MMNet, config: Config, *, total_steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
@@ -339,17 +394,25 @@ def wrap(model: MMNet, ctx: distributed.Context) -> nn.Module:
 class RunLog:
     """The run's records: ``log.jsonl`` (a JSON line each) and, with ``train.tensorboard``, the
     same numbers as TensorBoard scalars. Only the main process writes (``enabled``); leaving the
-    ``with`` block closes both, also when training raises."""
+    ``with`` block closes both, also when training raises.
 
-    def __init__(self, *, output: Path, tensorboard: bool, enabled: bool) -> None:
-        self.output, self.tensorboard, self.enabled = output, tensorboard, enabled
+    A run resumed at step s (``resumed_at``) continues the records of the run it resumes, less what
+    that run recorded after step s: a run killed after its last checkpoint wrote lines for steps
+    that the resumed run takes again."""
+
+    def __init__(self, *, output: Path, tensorboard: bool, enabled: bool, resumed_at: Optional[int] = None) -> None:
+        self.output, self.tensorboard, self.enabled, self.resumed_at = output, tensorboard, enabled, resumed_at
         self.file: Optional[TextIO] = None
         self.writer = None
 
     def __enter__(self) -> "RunLog":
         if self.enabled:
-            self.file = (self.output / "log.jsonl").open("a")
-            self.writer = _tensorboard(self.output) if self.tensorboard else None
+            path = self.output / "log.jsonl"
+            if self.resumed_at is not None and path.is_file():
+                _truncate_log(path, after_step=self.resumed_at)
+            self.file = path.open("a")
+            if self.tensorboard:
+                self.writer = _tensorboard(self.output, purge_step=None if self.resumed_at is None else self.resumed_at + 1)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -383,10 +446,33 @@ class RunLog:
                 self.writer.add_scalar(f"{group}/{key}", value, step)
 
 
-def _tensorboard(output: Path):
+def _truncate_log(path: Path, *, after_step: int) -> None:
+    """Drops the lines of ``path`` for steps after ``after_step``, and a line that does not parse
+    (one cut short by a kill); replaces the file in one rename, so a kill meanwhile loses nothing."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step", 0)
+            keep = isinstance(step, (int, float)) and step <= after_step
+        except (json.JSONDecodeError, AttributeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        staging = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        staging.write_text("".join(kept))
+        os.replace(staging, path)
+        print(f"mmnet: {path}: dropped {dropped} lines written after step {after_step}, which this run takes again", flush=True)
+
+
+def _tensorboard(output: Path, *, purge_step: Optional[int] = None):
+    """A SummaryWriter for ``output/tensorboard``; ``purge_step`` hides the events from that step
+    on that a run killed after its last checkpoint wrote."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         print("mmnet: tensorboard is not installed; logging to log.jsonl only", flush=True)
         return None
-    return SummaryWriter(str(output / "tensorboard"))
+    return SummaryWriter(str(output / "tensorboard"), purge_step=purge_step)

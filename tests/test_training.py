@@ -195,7 +195,7 @@ def test_the_log_and_tensorboard_are_closed_when_training_raises(synth_root, tmp
             logs.append(file)
         return file
 
-    def tensorboard(output):
+    def tensorboard(output, *, purge_step=None):
         writers.append(_Writer())
         return writers[-1]
 
