@@ -17,6 +17,7 @@ from mmnet.data.datasets import ExpressionBatches, ReferEvalDataset, ReferImageE
 from mmnet.data.images import load_image
 from mmnet.data.refer import ReferIndex
 from mmnet.device import autocast
+from mmnet.engine import LoaderPass
 from mmnet.diagnostics import QueryDiagnostics
 from mmnet.errors import MMNetError
 from mmnet.metrics import intersection_union, iou, summarize
@@ -61,38 +62,52 @@ def evaluate(
     model.eval()
     records = []
     queries = QueryDiagnostics(device=ctx.device)
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
-        with autocast(ctx.device, precision):
-            visual = model.encode_image(batch["image"].to(ctx.device))
-        count = len(batch["image_index"])
-        for start in range(0, count, batch_size or count):
-            chunk = range(start, min(count, start + (batch_size or count)))
-            image_index = batch["image_index"][chunk.start : chunk.stop]
-            tokens = batch["tokens"][chunk.start : chunk.stop].to(ctx.device)
-            with autocast(ctx.device, precision):
-                outputs = model.decode(visual.take(image_index), tokens)
-            queries.update(outputs=outputs, tokens=tokens)
-            geometries = [batch["geometry"][k] for k in image_index.tolist()]
-            for e, segmentation in zip(chunk, segment(outputs, geometries, threshold=threshold)):
-                intersection, union = intersection_union(segmentation.mask, batch["mask"][e].bool())
-                record = {
-                    "sent_id": int(batch["sent_id"][e]),
-                    "ref_id": int(batch["ref_id"][e]),
-                    "image_id": int(batch["image_id"][batch["image_index"][e]]),
-                    "intersection": int(intersection),
-                    "union": int(union),
-                    "iou": float(iou(intersection, union)),
-                }
-                records.append(record)
-                if on_sample is not None:
-                    entries = {**record, "sentence": batch["sentence"][e], "mask": batch["mask"][e], "geometry": geometries[e - start]}
-                    on_sample(entries, MMNetOutput(*(v[e - start : e - start + 1] for v in outputs)), segmentation, record["iou"])
+    with LoaderPass(loader) as batches:  # a worker's error ends the pass and its workers
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not ctx.is_main, dynamic_ncols=True):
+            for chunk, tokens, outputs in _decode(model, batch, ctx=ctx, precision=precision, batch_size=batch_size):
+                queries.update(outputs=outputs, tokens=tokens)
+                geometries = [batch["geometry"][k] for k in batch["image_index"][chunk].tolist()]
+                for offset, segmentation in enumerate(segment(outputs, geometries, threshold=threshold)):
+                    e = chunk.start + offset
+                    record = _record(batch, e, segmentation)
+                    records.append(record)
+                    if on_sample is not None:
+                        entries = {**record, "sentence": batch["sentence"][e], "mask": batch["mask"][e], "geometry": geometries[offset]}
+                        on_sample(entries, MMNetOutput(*(v[offset : offset + 1] for v in outputs)), segmentation, record["iou"])
     records = [r for shard in distributed.all_gather_objects(records) for r in shard]
     records.sort(key=lambda r: r["sent_id"])
     diagnostics = queries.summary()
     if not records:
         raise MMNetError("the evaluation split holds no expressions")
     return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
+
+
+def _decode(model: nn.Module, batch: dict[str, Any], *, ctx: distributed.Context, precision: str, batch_size: Optional[int]):
+    """Encodes a batch's images once and yields (slice of its expressions, their tokens, their
+    outputs), at most ``batch_size`` expressions at a time."""
+    with autocast(ctx.device, precision):
+        visual = model.encode_image(batch["image"].to(ctx.device))
+    count = len(batch["image_index"])
+    step = batch_size or count
+    for start in range(0, count, step):
+        chunk = slice(start, min(count, start + step))
+        tokens = batch["tokens"][chunk].to(ctx.device)
+        with autocast(ctx.device, precision):
+            outputs = model.decode(visual.take(batch["image_index"][chunk]), tokens)
+        yield chunk, tokens, outputs  # outside autocast: the caller's post-processing stays fp32
+
+
+def _record(batch: dict[str, Any], e: int, segmentation: Segmentation) -> dict[str, Any]:
+    """Expression ``e``'s ids, and its intersection, union and IoU with the truth at the original size."""
+    intersection, union = intersection_union(segmentation.mask, batch["mask"][e].bool())
+    return {
+        "sent_id": int(batch["sent_id"][e]),
+        "ref_id": int(batch["ref_id"][e]),
+        "image_id": int(batch["image_id"][batch["image_index"][e]]),
+        "intersection": int(intersection),
+        "union": int(union),
+        "iou": float(iou(intersection, union)),
+    }
 
 
 def split_loader(

@@ -290,9 +290,10 @@ class Trainer:
 
     def _save(self, *names: str) -> Optional[Path]:
         """Every process hands in its random state; the main one writes the named checkpoints in
-        order, each atomically, and a second Ctrl-C waits until they are written."""
+        order, each atomically, and a second Ctrl-C waits until they are written. A write that
+        fails stops every process with the main one's error, not only the main one."""
         rngs = distributed.all_gather_objects(rng_state())
-        path = None
+        path, failure = None, None
         if self.ctx.is_main:
             state = {
                 "optimizer": self.optimizer.state_dict(),
@@ -304,9 +305,15 @@ class Trainer:
             try:
                 for name in names:
                     path = save_checkpoint(self.output / name, model=self.model, config=self.config, state=state)
+            except CheckpointError as err:
+                failure = err
             finally:
                 self.stop.saving = False
-        distributed.barrier()
+        reported = distributed.all_gather_objects(None if failure is None else str(failure))[0]
+        if failure is not None:
+            raise failure
+        if reported is not None:
+            raise CheckpointError(f"the main process could not write the checkpoint: {reported}")
         return path
 
     def _result(self, *, interrupted: bool) -> TrainResult:
@@ -412,7 +419,11 @@ class RunLog:
                 _truncate_log(path, after_step=self.resumed_at)
             self.file = path.open("a")
             if self.tensorboard:
-                self.writer = _tensorboard(self.output, purge_step=None if self.resumed_at is None else self.resumed_at + 1)
+                try:
+                    self.writer = _tensorboard(self.output, purge_step=None if self.resumed_at is None else self.resumed_at + 1)
+                except BaseException:  # __exit__ does not run after a failed __enter__
+                    self.file.close()
+                    raise
         return self
 
     def __exit__(self, *exc) -> None:
