@@ -69,9 +69,15 @@ def _raised_in_worker(err: MMNetError) -> Optional[MMNetError]:
     whose message is "Caught <type> in DataLoader worker process <n>", the worker's traceback, and
     last "<module>.<type>: <the original message>"; None for an error raised elsewhere."""
     text, marker = str(err), f"{type(err).__module__}.{type(err).__qualname__}: "
-    if not text.startswith(f"Caught {type(err).__name__} in DataLoader worker") or marker not in text:
+    if not text.startswith(f"Caught {type(err).__name__} in DataLoader worker"):
         return None
-    return type(err)(text.rsplit(marker, 1)[1].rstrip("\n"))
+    # The message starts on the first line after the traceback that begins with the marker.
+    lines = text.split("\n")
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    for i in range(tracebacks[-1] if tracebacks else 0, len(lines)):
+        if lines[i].startswith(marker):
+            return type(err)("\n".join([lines[i][len(marker):], *lines[i + 1 :]]).rstrip("\n"))
+    return None
 
 
 class NonFiniteLossError(MMNetError):

@@ -2,7 +2,8 @@
 writes there.
 
 The lock is an ``fcntl.flock`` on the file, which the kernel releases when its holder ends in any
-way, ``kill -9`` included. The file's content, the holder's PID and host, only names the holder
+way, ``kill -9`` included (its data-loader workers, forked with a copy of the descriptor, close
+their copies when they start). The file's content, the holder's PID and host, only names the holder
 to whoever is refused: a file left by a process that died names nobody who holds it, and the
 next run takes the lock and writes its own name over it.
 """
@@ -10,6 +11,7 @@ next run takes the lock and writes its own name over it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -27,11 +29,19 @@ class RunFolderError(MMNetError):
     """A run's folder that another process is training into, or that cannot be written."""
 
 
+# Lock descriptors this process holds: forked data-loader workers share them and close their
+# copies (release_inherited), or the lock would outlive a main process killed before them.
+_HELD: set[int] = set()
+# flock errors of a filesystem without locks (some NFS, Lustre and FUSE mounts).
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
 @contextlib.contextmanager
 def run_lock(directory: Path, *, enabled: bool = True) -> Iterator[None]:
     """Holds the lock on ``directory`` (created if need be) for the ``with`` block; raises
     RunFolderError naming the holder when another process has it. ``enabled`` False (the other
-    processes of a torchrun job, which leave writing to the main one) takes nothing."""
+    processes of a torchrun job, which leave writing to the main one) takes nothing. On a
+    filesystem without locks the run goes on unlocked, and says so."""
     if not enabled:
         yield
         return
@@ -40,7 +50,37 @@ def run_lock(directory: Path, *, enabled: bool = True) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         descriptor = _acquire(path)
     except OSError as err:
-        raise RunFolderError(f"{path}: cannot be created ({err.strerror or err}); train.output_dir must be a folder this user can write") from None
+        if err.errno in _NO_LOCKS:
+            print(f"mmnet: {directory} is on a filesystem without file locks ({err.strerror}); nothing keeps a second run out of it", flush=True)
+            yield
+            return
+        raise RunFolderError(f"{path}: cannot be created ({err.strerror or err}); train.output_dir must be a folder this user can write") from err
+    _HELD.add(descriptor)
+    try:
+        _sign(path, descriptor)
+        yield
+    finally:
+        # Removed while still held (and only if it is still this lock's file): a process waiting on
+        # the old file then finds it gone (see _acquire).
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                path.unlink()
+        _HELD.discard(descriptor)
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
+
+
+def release_inherited() -> None:
+    """In a forked child (a data-loader worker): closes the copies of this process's lock
+    descriptors, leaving the lock to the parent alone."""
+    for descriptor in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD.clear()
+
+
+def _sign(path: Path, descriptor: int) -> None:
+    """Writes this process's name into the lock file, after saying whose name it replaces."""
     try:
         left = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip()
         if left:
@@ -48,12 +88,8 @@ def run_lock(directory: Path, *, enabled: bool = True) -> Iterator[None]:
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(holder) + "\n").encode(), 0)
-        yield
-    finally:
-        # Removed while still held: a process waiting on the old file then finds it gone (see _acquire).
-        path.unlink(missing_ok=True)
-        fcntl.flock(descriptor, fcntl.LOCK_UN)
-        os.close(descriptor)
+    except OSError as err:
+        raise RunFolderError(f"{path}: cannot be written ({err.strerror or err})") from err
 
 
 def _acquire(path: Path) -> int:

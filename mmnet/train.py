@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from mmnet import distributed
+from mmnet import distributed, runlock
 from mmnet.build import build_mmnet
 from mmnet.checkpoint import (
     CONFIG_FILE,
@@ -41,7 +41,7 @@ from mmnet.checkpoint import (
 from mmnet.config import Config, ConfigError, config_to_dict, save_config
 from mmnet.data.datasets import ReferTrainDataset
 from mmnet.data.refer import ReferIndex
-from mmnet.engine import LoaderPass, TrainState, batch_plan, poly_schedule, steps_per_epoch, train_one_epoch
+from mmnet.engine import TrainState, batch_plan, poly_schedule, steps_per_epoch, train_one_epoch
 from mmnet.evaluate import evaluate, split_loader
 from mmnet.modeling import MMNet
 from mmnet.runlock import run_lock
@@ -98,6 +98,7 @@ def _ignore_interrupts(worker_id: int) -> None:
     over a loader is a ``LoaderPass``, which stops its workers however it ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    runlock.release_inherited()  # the run's lock is the main process's alone
 
 
 # Settings that fix the course of a run: resuming with others would not continue it exactly.
@@ -267,15 +268,15 @@ class Trainer:
         """Validates, records the metrics, and saves ``last`` (and ``best`` when it is)."""
         state = self.state
         distributed.broadcast_buffers(self.model)  # every process validates and saves the same model
-        with LoaderPass(self.val_loader) as batches:
-            metrics, _ = evaluate(
-                model=self.model,
-                loader=batches,
-                ctx=self.ctx,
-                threshold=self.config.eval.threshold,
-                precision=self.config.eval.precision,
-                desc=f"val {state.epoch + 1}",
-            )
+        metrics, _ = evaluate(
+            model=self.model,
+            loader=self.val_loader,
+            ctx=self.ctx,
+            threshold=self.config.eval.threshold,
+            precision=self.config.eval.precision,
+            desc=f"val {state.epoch + 1}",
+            batch_size=self.config.eval.batch_size,
+        )
         state.epoch += 1
         state.epoch_step = 0
         state.history.append({"epoch": state.epoch, "step": state.step, **metrics})

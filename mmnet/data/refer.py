@@ -30,7 +30,8 @@ from mmnet.data.pickles import load_plain_pickle
 from mmnet.data.tokenizer import word_tokens
 
 # 2: segmentations, field types and expressions are checked as the tokenizer sees them.
-CACHE_VERSION = 2
+# 3: invisible characters (zero-width spaces, joiners) no longer count as words.
+CACHE_VERSION = 3
 # The order splits are listed in; other names follow alphabetically.
 SPLIT_ORDER = ("train", "val", "test", "testA", "testB")
 
