@@ -214,7 +214,8 @@ class EvalConfig:
     for the compiler; docs/performance.md has what it gains where it was measured."""
     precision: str = "auto"
     """What `mmnet eval`, validation, the predictor and `mmnet serve` compute in: ``auto`` (bf16
-    autocast on a GPU, fp32 on a CPU), ``fp32``, or ``bf16`` (autocast on any device)."""
+    autocast where the device multiplies bf16 in hardware: a GPU with bf16, a CPU with AMX-BF16
+    or AVX512-BF16; fp32 elsewhere), ``fp32``, or ``bf16`` (autocast on any device)."""
 
     def validate(self) -> None:
         if not 0 < self.threshold < 1:

@@ -31,11 +31,30 @@ def choose_device(device: str | torch.device | None = None, *, local_rank: int =
     return chosen
 
 
-def autocast(device: torch.device, precision: str):
-    """The context the model runs in: ``bf16`` autocast, ``fp32`` none, and ``auto`` bf16 on
-    GPUs and fp32 elsewhere. bf16 needs no loss scaling."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware, as torch reports it: a GPU with bf16
+    (Ampere or later), or a CPU with AMX-BF16 or AVX512-BF16. Elsewhere bf16 is emulated, and
+    slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+    return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """``fp32`` or ``bf16``: ``auto`` is bf16 where ``device`` runs it natively, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise MMNetError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The context the model runs in at ``precision`` (see ``resolve_precision``): bf16 autocast,
+    or none for fp32. bf16 needs no loss scaling."""
+    if resolve_precision(device, precision) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

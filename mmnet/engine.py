@@ -165,7 +165,7 @@ def train_one_epoch(
     """
     _, accumulation = batch_plan(config, ctx.world_size)
     loss_fn = loss_function(config, has_estimator=unwrap(model).estimator is not None)
-    precision = "auto" if config.train.bf16 else "fp32"
+    precision = "bf16" if config.train.bf16 and ctx.device.type == "cuda" else "fp32"  # train.bf16: GPUs only
     steps_left = len(loader) // accumulation
     step_loss = torch.zeros((), device=ctx.device)
     step_iou = torch.zeros((), device=ctx.device, dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""Data fixtures: small datasets written in the exact formats users download, and a small synthetic set."""
+"""Data fixtures: small datasets written in the exact formats users download, and a small synthetic
+set; and one CPU for every machine the tests run on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """``eval.precision: auto`` computes in bf16 on CPUs with AMX or AVX512-BF16. Tests compare
+    the predictor and evaluation with the model's fp32 outputs, so every CPU reports neither;
+    tests of the choice itself report what they need."""
+    import torch
+
+    real = torch.cpu.get_capabilities()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**real, "amx_bf16": False, "avx512_bf16": False})
 
 
 @dataclass

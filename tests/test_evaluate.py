@@ -14,7 +14,7 @@ from mmnet.config import Config, ConfigError, DataConfig, EvalConfig, TrainConfi
 from mmnet.data.datasets import ExpressionBatches, collate_images
 from mmnet.data.refer import ReferIndex
 from mmnet.data.transforms import letterbox_geometry
-from mmnet.device import autocast
+from mmnet.device import autocast, resolve_precision
 from mmnet.engine import batch_iou
 from mmnet.evaluate import evaluate, split_loader
 from mmnet.modeling import MMNetOutput
@@ -115,9 +115,10 @@ def test_training_iou_reads_the_prediction_through_the_same_post_processing():
     assert batch_iou(logits, masks, 0.5).tolist() == pytest.approx([15 / 16, 16 / 64])
 
 
-def test_evaluation_precision_is_its_own_setting_not_trainings():
+def test_evaluation_precision_is_its_own_setting_not_trainings(monkeypatch):
     with pytest.raises(ConfigError, match=r"eval.precision"):
         EvalConfig(precision="fp16").validate()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})  # a CPU without native bf16
     cpu = torch.device("cpu")
     assert isinstance(autocast(cpu, "auto"), contextlib.nullcontext) and isinstance(autocast(cpu, "fp32"), contextlib.nullcontext)
     model = with_distinct_queries(build_tiny(num_queries=4), seed=3)
@@ -127,7 +128,7 @@ def test_evaluation_precision_is_its_own_setting_not_trainings():
         config = Config(model=tiny_model_config(num_queries=4), **sections)
         return Predictor(model, config, device="cpu").predict(image, "the blue triangle").probability
 
-    full = predicted(train=TrainConfig(bf16=True))  # auto on a CPU: fp32, whatever training used
+    full = predicted(train=TrainConfig(bf16=True))  # auto on this CPU: fp32, whatever training used
     assert np.array_equal(full, predicted(eval=EvalConfig(precision="fp32")))
     low = predicted(eval=EvalConfig(precision="bf16"), train=TrainConfig(bf16=False))
     assert not np.array_equal(low, full) and np.abs(low - full).max() < 0.05
@@ -171,3 +172,15 @@ def test_a_process_with_no_images_of_the_split_reads_nothing(synth_root):
     spare = distributed.Context(rank=images, world_size=images + 1, local_rank=0, device=torch.device("cpu"))
     assert list(split_loader(index, "val", config, spare)) == []
     assert sum(len(b["tokens"]) for r in range(images) for b in split_loader(index, "val", config, spare.__class__(rank=r, world_size=images + 1, local_rank=0, device=spare.device))) == len(index.sentences("val"))
+
+
+@pytest.mark.parametrize(
+    "capabilities, expected",
+    [({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True}, "bf16"), ({"avx2": True, "avx512_f": True}, "fp32"), ({}, "fp32")],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, capabilities, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    cpu = torch.device("cpu")
+    assert resolve_precision(cpu, "auto") == expected
+    assert resolve_precision(cpu, "fp32") == "fp32" and resolve_precision(cpu, "bf16") == "bf16"
+    assert isinstance(autocast(cpu, "auto"), contextlib.nullcontext) == (expected == "fp32")
