@@ -5,7 +5,9 @@ For each model: every expression of a synthetic val split is evaluated at fp32 a
 (``eval.precision``), and the two are compared expression by expression: the largest
 probability difference, the mean IoU between the two predicted masks, and the mIoU of each
 against the truth. Then one forward pass at batch 1 and 8 is timed at each precision, in turns,
-beside a 2048^3 matrix product at each.
+beside a square matrix product at each (``--matmul-size``). Where the CPU has no native bf16
+(no AMX-BF16 or AVX512-BF16) bf16 is emulated and far slower: there, ``--backbones`` with no
+names keeps to the small demo model.
 
 Models: the demo's trained checkpoint (``--checkpoint``, default runs/demo/train/best, from
 ``make demo``) on its own val split, and RN50 and ViT-B-16 at 480 with random towers
@@ -89,11 +91,11 @@ def timing(model, config, *, batches: list[int], repeats: int) -> dict:
     return result
 
 
-def matmul_gflops(repeats: int) -> dict:
+def matmul_gflops(size: int, repeats: int) -> dict:
     from common import matmul_flops
 
     cpu = torch.device("cpu")
-    return {f"{dtype}_matmul_gflops_per_s": matmul_flops(cpu, getattr(torch, name), size=2048, repeats=repeats) / 1e9
+    return {f"{dtype}_matmul_gflops_per_s": matmul_flops(cpu, getattr(torch, name), size=size, repeats=repeats) / 1e9
             for dtype, name in (("fp32", "float32"), ("bf16", "bfloat16"))}
 
 
@@ -104,6 +106,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="val images of the synthetic split (about 6.5 expressions each)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--matmul-size", type=int, default=1024, help="side of the square matrix product timed at each precision")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/bf16_cpu.json)")
     args = parser.parse_args()
 
@@ -117,8 +120,8 @@ def main() -> None:
 
     cpu = torch.device("cpu")
     ctx = distributed.Context(rank=0, world_size=1, local_rank=0, device=cpu)
-    results = {"native_bf16": native_bf16(cpu), "capability": torch.backends.cpu.get_cpu_capability(), **matmul_gflops(args.repeats), "models": {}}
-    print(f"native bf16: {results['native_bf16']}; 2048^3 matmul: fp32 {results['fp32_matmul_gflops_per_s']:.0f}, bf16 {results['bf16_matmul_gflops_per_s']:.0f} GFLOP/s", flush=True)
+    results = {"native_bf16": native_bf16(cpu), "capability": torch.backends.cpu.get_cpu_capability(), **matmul_gflops(args.matmul_size, args.repeats), "models": {}}
+    print(f"native bf16: {results['native_bf16']}; {args.matmul_size}^3 matmul: fp32 {results['fp32_matmul_gflops_per_s']:.0f}, bf16 {results['bf16_matmul_gflops_per_s']:.0f} GFLOP/s", flush=True)
     with tempfile.TemporaryDirectory() as root:
         write_synthetic(root, name="synthref", seed=0, images=(1, args.images, 1, 1), width=320, height=240, progress=False)
         data = [f"data.root={root}", "data.dataset=synthref", "data.split_by=unc", "data.num_workers=0"]
