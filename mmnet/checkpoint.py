@@ -93,9 +93,14 @@ def _swap(staging: Path, directory: Path) -> None:
 
 
 def _file_mode() -> int:
-    """The mode Python gives a new file: 0o666 less the umask, which os.umask reads only by setting it."""
-    umask = os.umask(0o022)
-    os.umask(umask)
+    """The mode Python gives a new file: 0o666 less the umask. Linux reports the umask in
+    /proc/self/status; elsewhere os.umask reads it only by setting it for an instant."""
+    try:
+        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("Umask:"))
+        umask = int(line.split()[1], 8)
+    except (OSError, StopIteration, IndexError, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
     return 0o666 & ~umask
 
 
@@ -140,9 +145,9 @@ def _cause(err: BaseException) -> str:
     for candidate in (err, err.__cause__, err.__context__):
         if isinstance(candidate, OSError) and candidate.errno:
             return os.strerror(candidate.errno).lower()
-    found = re.search(r"os error (\d+)", str(err))
+    found = re.search(r"os error (\d+)|Os \{ code: (\d+)", str(err))  # safetensors' wordings
     if found:
-        return os.strerror(int(found.group(1))).lower()
+        return os.strerror(int(found.group(1) or found.group(2))).lower()
     return ": ".join([type(err).__name__, *str(err).splitlines()[:1]])
 
 

@@ -177,3 +177,13 @@ def test_train_command_reports_a_checkpoint_it_cannot_write_as_one_line(synth_ro
     assert error.endswith(f"\nmmnet: error: {tmp_path / 'run' / 'best'}: the checkpoint could not be written: no space left on device\n")
     assert "Traceback" not in error
     assert leftovers(tmp_path / "run") == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    ['Error while serializing: IoError("No space left on device (os error 28)")', "IoError(Os { code: 28, kind: StorageFull })"],
+)
+def test_the_cause_is_read_from_either_wording_safetensors_uses(message):
+    from mmnet.checkpoint import _cause
+
+    assert _cause(RuntimeError(message)) == os.strerror(errno.ENOSPC).lower()
