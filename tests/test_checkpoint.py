@@ -187,3 +187,18 @@ def test_the_cause_is_read_from_either_wording_safetensors_uses(message):
     from mmnet.checkpoint import _cause
 
     assert _cause(RuntimeError(message)) == os.strerror(errno.ENOSPC).lower()
+
+
+def test_eval_command_refuses_damaged_weights_before_reading_any_data(tmp_path, capsys):
+    from mmnet.checkpoint import save_pretrained
+    from mmnet.cli import main
+    from mmnet.config import Config
+    from tiny import build_tiny, tiny_model_config
+
+    save_pretrained(build_tiny(seed=5), Config(model=tiny_model_config()), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    damaged = float_tensor_names(path)[:1]
+    overwrite_with_nan(path, damaged)
+    # data.root points nowhere: the weights are refused first, so the data are never looked for
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--split", "val", "--device", "cpu", f"data.root={tmp_path / 'none'}"]) == 2
+    assert f"{path}: NaN or infinite values in 1 tensor (e.g. {damaged[0]})" in capsys.readouterr().err
