@@ -234,7 +234,7 @@ def test_python2_protocol0_refs_file_is_read(handmade):
     assert index.splits == ["train", "val"]
     assert [(s.sent_id, s.ref_id, s.text) for s in index.sentences("train")] == [(100, 1, "café left"), (101, 1, "red left")]
     assert [(s.sent_id, s.ref_id, s.text) for s in index.sentences("val")] == [(0, 4, "tiny")]
-    assert all(type(value) is int for ref in (index.ref(1), index.ref(4)) for value in (ref.ref_id, ref.ann_id, ref.image_id))
+    assert all(type(value) is int for ref in (index.ref(1), index.ref(4)) for value in (ref.ref_id, *ref.ann_ids, ref.image_id))
     np.testing.assert_array_equal(index.mask(1), handmade.masks[1])
     np.testing.assert_array_equal(index.mask(4), handmade.masks[4])
 

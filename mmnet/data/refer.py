@@ -4,6 +4,10 @@
     <root>/<dataset>/instances.json        COCO images, annotations (polygons or RLE), categories
     <image_dir>/<file_name>                file_name of the instances.json image (not the ref's)
 
+gRefCOCO (generalized referring expressions) is the same layout with grefs(<split_by>).json (or,
+in older copies, the pickle grefs(<split_by>).p) in place of the refs pickle: a ref's ann_id is
+one annotation id or a list of them, and [-1] is a ref that refers to nothing (an empty mask).
+
 Parsing instances.json takes seconds and a lot of memory on the real files, so the parsed index
 (refs, sentences, image files, one compressed RLE per referred annotation) is written once as
 JSON in the cache folder and read from there for as long as both source files keep their size
@@ -31,7 +35,8 @@ from mmnet.data.tokenizer import word_tokens
 
 # 2: segmentations, field types and expressions are checked as the tokenizer sees them.
 # 3: invisible characters (zero-width spaces, joiners) no longer count as words.
-CACHE_VERSION = 3
+# 4: a ref holds a list of annotation ids (gRefCOCO: several, or none for a no-target ref).
+CACHE_VERSION = 4
 # The order splits are listed in; other names follow alphabetically.
 SPLIT_ORDER = ("train", "val", "test", "testA", "testB")
 
@@ -44,10 +49,16 @@ class Sentence(NamedTuple):
 
 class Ref(NamedTuple):
     ref_id: int
-    ann_id: int
+    ann_ids: tuple[int, ...]
+    """The referred annotations: one in `refer`, one or more in gRefCOCO, none for a no-target ref."""
     image_id: int
     split: str
     sentences: tuple[Sentence, ...]
+
+    @property
+    def no_target(self) -> bool:
+        """True for a gRefCOCO ref that refers to nothing in its image (ann_id [-1])."""
+        return not self.ann_ids
 
 
 class ImageRecord(NamedTuple):
@@ -76,7 +87,19 @@ class ReferFiles:
 
     @property
     def refs_path(self) -> Path:
-        return self.root / self.dataset / f"refs({self.split_by}).p"
+        """The first of refs(<split_by>).p, grefs(<split_by>).json and grefs(<split_by>).p that
+        exists; the first when none does (so that `require` names it)."""
+        candidates = self._refs_candidates()
+        return next((path for path in candidates if path.exists()), candidates[0])
+
+    @property
+    def generalized(self) -> bool:
+        """True when the refs file is gRefCOCO's grefs file."""
+        return self.refs_path.name.startswith("grefs(")
+
+    def _refs_candidates(self) -> list[Path]:
+        folder = self.root / self.dataset
+        return [folder / f"refs({self.split_by}).p", folder / f"grefs({self.split_by}).json", folder / f"grefs({self.split_by}).p"]
 
     @property
     def instances_path(self) -> Path:
@@ -84,14 +107,19 @@ class ReferFiles:
 
     @property
     def cache_path(self) -> Path:
-        return self.cache_dir / f"{self.dataset}.refs({self.split_by}).index.json"
+        """Named after the refs file, so that grefs(<split_by>).json and grefs(<split_by>).p never
+        share a cache; refs(<split_by>).p keeps the name it always had, without its suffix."""
+        name = self.refs_path.name if self.generalized else self.refs_path.stem
+        return self.cache_dir / f"{self.dataset}.{name}.index.json"
 
     def require(self) -> None:
         """Raises DataError naming the first source file that is missing."""
         if not self.refs_path.exists():
-            present = sorted(p.name for p in self.refs_path.parent.glob("refs(*).p"))
+            folder = self.refs_path.parent
+            present = sorted({p.name for pattern in ("refs(*).p", "grefs(*).json", "grefs(*).p") for p in folder.glob(pattern)})
             found = f"; refs files there: {', '.join(present)}" if present else ""
-            raise DataError(f"{self.refs_path}: refs pickle not found{found}")
+            looked = ", ".join(path.name for path in self._refs_candidates()[1:])
+            raise DataError(f"{self.refs_path}: refs pickle not found{found} (nor {looked})")
         if not self.instances_path.exists():
             raise DataError(f"{self.instances_path}: instances.json not found")
 
@@ -110,11 +138,13 @@ class ReferIndex:
         self._masks = dict(payload["masks"])
         self._refs: dict[int, Ref] = {}
         self._splits: dict[str, list[int]] = {}
-        for ref_id, ann_id, image_id, split, sentences in payload["refs"]:
-            if ann_id not in self._masks or image_id not in self._images:
+        for ref_id, ann_ids, image_id, split, sentences in payload["refs"]:
+            # A list of annotation ids (empty for no target); one id alone is read as a list of one.
+            ann_ids = (ann_ids,) if isinstance(ann_ids, int) else tuple(ann_ids)
+            if any(ann_id not in self._masks for ann_id in ann_ids) or image_id not in self._images:
                 raise ValueError(f"ref {ref_id} has no mask or image in the payload")
             sentences = tuple(Sentence(sent_id, ref_id, text) for sent_id, text in sentences)
-            self._refs[ref_id] = Ref(ref_id, ann_id, image_id, split, sentences)
+            self._refs[ref_id] = Ref(ref_id, ann_ids, image_id, split, sentences)
             self._splits.setdefault(split, []).append(ref_id)
 
     @classmethod
@@ -162,6 +192,11 @@ class ReferIndex:
         )
 
     @property
+    def generalized(self) -> bool:
+        """True for gRefCOCO: refs may name several objects, or none."""
+        return self.files.generalized
+
+    @property
     def splits(self) -> list[str]:
         known = [split for split in SPLIT_ORDER if split in self._splits]
         return known + sorted(set(self._splits) - set(known))
@@ -185,10 +220,14 @@ class ReferIndex:
         return self.files.image_dir / self._images[image_id].file_name
 
     def mask(self, ref_id: int) -> np.ndarray:
-        """The referred object's mask at the original image size: uint8 H x W in {0, 1}."""
+        """The referred objects' mask at the original image size: uint8 H x W in {0, 1}, the union
+        of the referred annotations' masks; all zeros for a no-target ref."""
         ref = self._refs[ref_id]
         image = self._images[ref.image_id]
-        return decode_rle(self._masks[ref.ann_id], height=image.height, width=image.width)
+        mask = np.zeros((image.height, image.width), np.uint8)
+        for ann_id in ref.ann_ids:
+            mask |= decode_rle(self._masks[ann_id], height=image.height, width=image.width)
+        return mask
 
 
 def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, list], list[str]]:
@@ -197,9 +236,8 @@ def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, 
     Unreadable files raise DataError; faults in single refs or records are returned as messages
     (each naming its file and the id) and leave that ref or record out of the payload.
     """
-    refs = load_plain_pickle(files.refs_path)
-    if not isinstance(refs, list):
-        raise DataError(f"{files.refs_path}: expected a list of refs, found a {type(refs).__name__}")
+    generalized = files.generalized
+    refs = _read_refs(files.refs_path)
     instances = _read_instances(files.instances_path)
     problems: list[str] = []
     images = _records_by_id(instances["images"], IMAGE_FIELDS, "image", files.instances_path, problems)
@@ -212,19 +250,20 @@ def parse_refer(files: ReferFiles, *, progress: bool = True) -> tuple[dict[str, 
     seen_sents: set[int] = set()
     for position, ref in enumerate(tqdm(refs, desc=f"indexing {files.refs_path.name}", unit="ref", disable=not progress)):
         label = _label(ref, "ref_id", position)
-        fault = _ref_fault(ref, images, anns, seen_refs, seen_sents)
+        fault = _ref_fault(ref, images, anns, seen_refs, seen_sents, generalized=generalized)
         if fault is not None:
             problems.append(f"{files.refs_path}: ref {label}: {fault}")
             continue
-        ann_id, image = ref["ann_id"], images[ref["image_id"]]
-        if ann_id not in masks:
-            try:
-                masks[ann_id] = segmentation_to_rle(anns[ann_id]["segmentation"], height=image["height"], width=image["width"])
-            except ValueError as err:
-                problems.append(f"{files.instances_path}: annotation {ann_id} (of ref {label}): {err}")
-                continue
+        ann_ids, image = _ann_ids(ref["ann_id"], generalized=generalized), images[ref["image_id"]]
+        try:
+            for ann_id in ann_ids:
+                if ann_id not in masks:
+                    masks[ann_id] = segmentation_to_rle(anns[ann_id]["segmentation"], height=image["height"], width=image["width"])
+        except ValueError as err:
+            problems.append(f"{files.instances_path}: annotation {ann_id} (of ref {label}): {err}")
+            continue
         sentences = [[s["sent_id"], s["sent"]] for s in ref["sentences"]]
-        payload["refs"].append([ref["ref_id"], ann_id, ref["image_id"], ref["split"], sentences])
+        payload["refs"].append([ref["ref_id"], list(ann_ids), ref["image_id"], ref["split"], sentences])
         used_images.add(ref["image_id"])
 
     payload["images"] = [[i, images[i]["file_name"], images[i]["height"], images[i]["width"]] for i in sorted(used_images)]
@@ -253,6 +292,8 @@ REF_FIELDS = {
     "split": _NAME,
     "sentences": (lambda v: isinstance(v, list) and v != [], "a non-empty list"),
 }
+# gRefCOCO: one annotation id or a list of them; the list is checked by _ann_id_list_fault.
+GREF_FIELDS = {**REF_FIELDS, "ann_id": (lambda v: _is_id(v) or isinstance(v, list), "an integer or a list of integers")}
 SENTENCE_FIELDS = {"sent_id": _ID, "sent": (lambda v: isinstance(v, str), "a string")}
 
 
@@ -276,20 +317,57 @@ def _label(record: Any, key: str, position: int) -> str:
     return f"#{position}"
 
 
-def _ref_fault(ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sents: set[int]) -> Optional[str]:
+# gRefCOCO's ann_id of a ref that refers to nothing, alone or as [-1].
+NO_TARGET = -1
+
+
+def _ann_ids(value: int | list[int], *, generalized: bool) -> tuple[int, ...]:
+    """The annotation ids of a ref's checked ann_id; none for gRefCOCO's no-target ref."""
+    ids = (value,) if _is_id(value) else tuple(value)
+    return () if generalized and ids == (NO_TARGET,) else ids
+
+
+def _ann_id_list_fault(value: int | list) -> Optional[str]:
+    """What is wrong with a gRefCOCO ann_id (an integer or a list), or None."""
+    if _is_id(value):
+        return None
+    if not value:
+        return f"ann_id [] names no annotation (a ref that refers to nothing has [{NO_TARGET}])"
+    for item in value:
+        if not _is_id(item):
+            return f"ann_id {reprlib.repr(value)} holds {reprlib.repr(item)}, not an integer"
+    if NO_TARGET in value and any(item != NO_TARGET for item in value):
+        return f"ann_id {reprlib.repr(value)} mixes {NO_TARGET} (no target) with annotation ids"
+    seen: set[int] = set()
+    for item in value:
+        if item in seen:
+            return f"ann_id {reprlib.repr(value)} names annotation {item} twice"
+        seen.add(item)
+    return None
+
+
+def _ref_fault(
+    ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sents: set[int], *, generalized: bool = False
+) -> Optional[str]:
     """What is wrong with one ref, or None; records its ids as seen."""
-    fault = _field_fault(ref, REF_FIELDS)
+    fault = _field_fault(ref, GREF_FIELDS if generalized else REF_FIELDS)
     if fault is not None:
         return fault
     if ref["ref_id"] in seen_refs:
         return "ref_id used twice"
     seen_refs.add(ref["ref_id"])
-    if ref["ann_id"] not in anns:
-        return f"its annotation {ref['ann_id']} is not in instances.json, or is faulty there"
+    fault = _ann_id_list_fault(ref["ann_id"]) if generalized else None
+    if fault is not None:
+        return fault
+    ann_ids = _ann_ids(ref["ann_id"], generalized=generalized)
+    for ann_id in ann_ids:
+        if ann_id not in anns:
+            return f"its annotation {ann_id} is not in instances.json, or is faulty there"
     if ref["image_id"] not in images:
         return f"its image {ref['image_id']} is not in instances.json, or is faulty there"
-    if anns[ref["ann_id"]]["image_id"] != ref["image_id"]:
-        return f"its annotation {ref['ann_id']} belongs to image {anns[ref['ann_id']]['image_id']}, not {ref['image_id']}"
+    for ann_id in ann_ids:
+        if anns[ann_id]["image_id"] != ref["image_id"]:
+            return f"its annotation {ann_id} belongs to image {anns[ann_id]['image_id']}, not {ref['image_id']}"
     for position, sentence in enumerate(ref["sentences"]):
         fault = _field_fault(sentence, SENTENCE_FIELDS)
         if fault is not None:
@@ -301,6 +379,20 @@ def _ref_fault(ref: Any, images: dict, anns: dict, seen_refs: set[int], seen_sen
             return f"sent_id {sentence['sent_id']} used twice"
         seen_sents.add(sentence["sent_id"])
     return None
+
+
+def _read_refs(path: Path) -> list:
+    """The refs: a grefs .json as JSON, any .p by the unpickler that imports nothing."""
+    if path.suffix == ".json":
+        try:
+            refs = json.loads(read_bytes(path, what="grefs file"))
+        except (ValueError, RecursionError) as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+    else:
+        refs = load_plain_pickle(path)
+    if not isinstance(refs, list):
+        raise DataError(f"{path}: expected a list of refs, found a {type(refs).__name__}")
+    return refs
 
 
 def _read_instances(path: Path) -> dict:
