@@ -9,7 +9,7 @@ from PIL import Image
 from mmnet.cli import main
 from mmnet.data.pickles import load_plain_pickle
 from mmnet.data.refer import ReferIndex
-from mmnet.data.scenes import COLOURS, KIND_WORDS, SIZE_WORDS, Shape, is_referable
+from mmnet.data.scenes import COLOURS, KIND_WORDS, MARGIN_SHARE, SIZE_WORDS, Shape, is_referable
 from mmnet.data.synth import generate, write_synthetic
 
 ARGS = dict(name="synthref", seed=3, images=(6, 2, 2, 2), width=128, height=96)  # as the synth_root fixture
@@ -71,7 +71,7 @@ def _referred(synth_root, generated):
     refs = [ref for split in index.splits for ref in index.refs(split)]
     assert len(refs) == sum(len(item.expressions) for item in generated)
     # Annotation ids count the shapes in order.
-    return index, [(ref, *shapes[ref.ann_id - 1]) for ref in refs]
+    return index, [(ref, *shapes[ref.ann_ids[0] - 1]) for ref in refs]
 
 
 def test_every_mask_read_back_is_the_mask_its_image_was_painted_from(synth_root, generated):
@@ -81,7 +81,7 @@ def test_every_mask_read_back_is_the_mask_its_image_was_painted_from(synth_root,
     for ref, _, painted in referred:
         np.testing.assert_array_equal(index.mask(ref.ref_id), painted)
     instances = json.loads((synth_root / "synthref" / "instances.json").read_text())
-    forms = {type(a["segmentation"]).__name__ for a in instances["annotations"] if a["id"] in {r.ann_id for r, _, _ in referred}}
+    forms = {type(a["segmentation"]).__name__ for a in instances["annotations"] if a["id"] in {i for r, _, _ in referred for i in r.ann_ids}}
     assert forms == {"list", "dict"}
 
 
@@ -204,3 +204,158 @@ def test_synth_command_refuses_a_name_that_is_not_a_folder_name(tmp_path, capsys
 def test_synth_command_refuses_a_tiny_image(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path), "--size", "16", "16"]) == 2
     assert "--size must be at least 32 x 32" in capsys.readouterr().err
+
+
+# A generalized set of about 200 small images.
+GENERALIZED = dict(name="synthref", seed=7, images=(140, 20, 20, 20), width=96, height=72)
+# How a reader would resolve plural expressions, written independently of the generator.
+PLURALS = {w + ("es" if w.endswith("x") else "s"): ("kind", k) for k, ws in KIND_WORDS.items() for w in ws}
+COUNTS = {"both": 2, "two": 2, "three": 3}
+SIDES = {"on the left": ("cx", -1), "on the right": ("cx", 1), "at the top": ("cy", -1), "at the bottom": ("cy", 1)}
+
+
+@pytest.fixture(scope="module")
+def generalized(tmp_path_factory):
+    """(root, the set's items, its grefs read as JSON) of the set of about 200 images."""
+    root = write_synthetic(tmp_path_factory.mktemp("generalized"), **GENERALIZED, generalized=True, progress=False).parent
+    items = list(generate(**GENERALIZED, generalized=True))
+    return root, items, json.loads((root / "synthref" / "grefs(unc).json").read_text())
+
+
+@pytest.fixture(scope="module")
+def small_generalized(tmp_path_factory):
+    """The generalized set of the synth_root fixture's arguments."""
+    return write_synthetic(tmp_path_factory.mktemp("small_generalized"), **ARGS, generalized=True, progress=False).parent
+
+
+def _kind(ref):
+    return "none" if ref["ann_id"] == [-1] else "multi" if len(ref["ann_id"]) > 1 else "single"
+
+
+def _resolve_group(text, shapes, short_side):
+    """Indices of the shapes a plural expression means: those its words fit, or of them the ones at
+    the named side, up to the first gap of more than the margin between neighbouring centres."""
+    side = next((phrase for phrase in SIDES if text.endswith(" " + phrase)), None)
+    words = (text[: -len(side)] if side else text).split()
+    conditions = [{**WORDS, **PLURALS}[w] for w in words if w not in ("the", "all", "shapes", *COUNTS)]
+    fitting = [k for k, s in enumerate(shapes) if all(getattr(s, attribute) == value for attribute, value in conditions)]
+    if side:
+        axis, sign = SIDES[side]
+        fitting.sort(key=lambda k: -sign * getattr(shapes[k], axis))
+        gaps = [sign * (getattr(shapes[a], axis) - getattr(shapes[b], axis)) for a, b in zip(fitting, fitting[1:])]
+        cut = next(n + 1 for n, gap in enumerate(gaps) if gap > MARGIN_SHARE * short_side)
+        # Each shape at that side lies beyond each other shape the words fit by the margin.
+        assert min(gaps[cut - 1 :] or [0]) >= 0 and gaps[cut - 1] > MARGIN_SHARE * short_side
+        fitting = fitting[:cut]
+    counted = [COUNTS[w] for w in words if w in COUNTS]
+    assert counted in ([], [len(fitting)]), text
+    return sorted(fitting)
+
+
+def test_generalized_set_is_the_plain_set_on_the_same_images_plus_group_and_no_target_refs(synth_root, small_generalized):
+    plain, root = synth_root, small_generalized
+    grefs = json.loads((root / "synthref" / "grefs(unc).json").read_text())
+    digests, plain_digests = _digest(root), _digest(plain)
+    assert {k: v for k, v in digests.items() if k != "synthref/grefs(unc).json"} == {
+        k: v for k, v in plain_digests.items() if k != "synthref/refs(unc).p"
+    }
+    assert "synthref/refs(unc).p" not in digests and "synthref/grefs(unc).json" not in plain_digests
+    refs = load_plain_pickle(plain / "synthref" / "refs(unc).p")
+    # The plain refs come first, with the same ids, ann ids and sentences; the others after them.
+    for ref, gref in zip(refs, grefs):
+        assert gref == {**ref, "ann_id": [ref["ann_id"]], "category_id": [ref["category_id"]], "no_target": False}
+    assert {_kind(r) for r in grefs[len(refs) :]} == {"multi", "none"}
+
+
+def test_generalized_set_is_deterministic_by_seed(small_generalized, tmp_path):
+    root = small_generalized
+    again = write_synthetic(tmp_path / "again", **ARGS, generalized=True, progress=False).parent
+    assert _digest(again) == _digest(root)
+    other = write_synthetic(tmp_path / "other", **{**ARGS, "seed": 4}, generalized=True, progress=False).parent
+    assert _digest(other)["synthref/grefs(unc).json"] != _digest(root)["synthref/grefs(unc).json"]
+
+
+def test_about_a_tenth_of_the_expressions_are_multi_target_and_a_tenth_no_target(generalized):
+    _, _, grefs = generalized
+    counts = {"single": 0, "multi": 0, "none": 0}
+    for ref in grefs:
+        counts[_kind(ref)] += len(ref["sentences"])
+    total = sum(counts.values())
+    assert 0.07 <= counts["multi"] / total <= 0.13 and 0.07 <= counts["none"] / total <= 0.13, counts
+
+
+def test_each_group_expression_fits_exactly_its_shapes_and_each_no_target_expression_none(generalized):
+    _, items, grefs = generalized
+    by_image = {item.image_id: item for item in items}
+    first_ann_id = {}
+    for item in items:
+        first_ann_id[item.image_id] = sum(len(i.shapes) for i in items if i.image_id < item.image_id) + 1
+    short_side = min(GENERALIZED["width"], GENERALIZED["height"])
+    sides = 0
+    for ref in grefs:
+        item = by_image[ref["image_id"]]
+        texts = [s["sent"] for s in ref["sentences"]]
+        if _kind(ref) == "multi":
+            group = [ann_id - first_ann_id[item.image_id] for ann_id in ref["ann_id"]]
+            assert 2 <= len(group) <= 3 and all(0 <= k < len(item.shapes) for k in group)
+            for text in texts:
+                assert _resolve_group(text, item.shapes, short_side) == group, (item.file_name, text)
+                sides += any(text.endswith(phrase) for phrase in SIDES)
+        elif _kind(ref) == "none":
+            [text] = texts
+            assert _fitting(text, item.shapes) == [], (item.file_name, text)
+            # A near miss: each word on its own finds a shape.
+            assert all(_fitting(w, item.shapes) for w in text.split() if w != "the"), (item.file_name, text)
+    assert sides > 0
+
+
+def test_grefs_holds_lists_of_ids_and_minus_one_for_no_target(generalized, tmp_path):
+    root, _, grefs = generalized
+    instances = json.loads((root / "synthref" / "instances.json").read_text())
+    anns = {a["id"]: a for a in instances["annotations"]}
+    files = {image["id"]: image["file_name"] for image in instances["images"]}
+    for ref in grefs:
+        assert set(ref) == {"ref_id", "ann_id", "image_id", "split", "sentences", "sent_ids", "category_id", "file_name", "no_target"}
+        assert ref["no_target"] == (ref["ann_id"] == [-1])
+        if ref["no_target"]:
+            assert ref["category_id"] == [-1]
+        else:
+            assert all(anns[i]["image_id"] == ref["image_id"] for i in ref["ann_id"])
+            assert ref["category_id"] == [anns[i]["category_id"] for i in ref["ann_id"]]
+        assert ref["file_name"] == files[ref["image_id"]].replace(".jpg", f"_{ref['ann_id'][0]}.jpg")
+        assert ref["sent_ids"] == [s["sent_id"] for s in ref["sentences"]]
+    assert [r["ref_id"] for r in grefs] == list(range(1, len(grefs) + 1))
+    sent_ids = [i for r in grefs for i in r["sent_ids"]]
+    assert sent_ids == list(range(1, len(sent_ids) + 1))
+    # Each layout removes the other's refs file, which a reader would otherwise read.
+    small = {**GENERALIZED, "images": (2, 1, 1, 1)}
+    write_synthetic(tmp_path, **small, progress=False)
+    write_synthetic(tmp_path, **small, generalized=True, progress=False)
+    assert sorted(p.name for p in (tmp_path / "synthref").glob("*refs*")) == ["grefs(unc).json"]
+    write_synthetic(tmp_path, **small, progress=False)
+    assert sorted(p.name for p in (tmp_path / "synthref").glob("*refs*")) == ["refs(unc).p"]
+
+
+def test_reader_reads_the_generalized_set_with_union_masks(generalized):
+    root, items, grefs = generalized
+    masks = [mask for item in items for mask in item.masks]  # by annotation id - 1
+    index = ReferIndex.load(root, "synthref", "unc", progress=False)
+    refs = [ref for split in index.splits for ref in index.refs(split)]
+    assert len(refs) == len(grefs)
+    kinds = set()
+    for ref in refs:
+        if ref.no_target:
+            kinds.add("none")
+            assert not index.mask(ref.ref_id).any()
+        elif len(ref.ann_ids) > 1:
+            kinds.add("multi")
+            union = np.logical_or.reduce([masks[i - 1] for i in ref.ann_ids]).astype(np.uint8)
+            np.testing.assert_array_equal(index.mask(ref.ref_id), union)
+    assert kinds == {"none", "multi"}
+
+
+def test_synth_command_writes_a_generalized_set(tmp_path, capsys):
+    argv = ["data", "synth", "--out", str(tmp_path), "--images", "3", "1", "1", "1", "--size", "96", "72", "--generalized"]
+    assert main(argv) == 0
+    assert "data.dataset=synthref" in capsys.readouterr().out
+    assert (tmp_path / "synthref" / "grefs(unc).json").is_file() and not (tmp_path / "synthref" / "refs(unc).p").exists()

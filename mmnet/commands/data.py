@@ -15,6 +15,12 @@ def add_parser(commands) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--images", type=int, nargs=4, default=[400, 50, 50, 50], metavar=("TRAIN", "VAL", "TESTA", "TESTB"), help="images per split")
     synth.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="image width and height in pixels")
+    synth.add_argument(
+        "--generalized",
+        action="store_true",
+        help="write gRefCOCO's layout, grefs(unc).json, adding refs to two or three shapes and to none "
+        "(about 10%% of the expressions each) to the plain set's refs on the same images",
+    )
     synth.set_defaults(run=run_synth)
 
     check = data_commands.add_parser("check", help="check a dataset in the refer layout and count it")
@@ -29,16 +35,22 @@ def add_parser(commands) -> None:
 
 
 def print_counts(index) -> None:
-    """Prints refs, sentences and images per split of a ReferIndex, and their totals."""
+    """Prints refs, sentences and images per split of a ReferIndex, and their totals; for gRefCOCO
+    also the refs that refer to nothing (no-target) and those that name several objects (multi-object)."""
+    headers = ["refs", "sentences", "images"] + (["no-target", "multi-object"] if index.generalized else [])
     rows = []
     for split in index.splits:
         refs = index.refs(split)
-        rows.append((split, len(refs), sum(len(r.sentences) for r in refs), len({r.image_id for r in refs})))
-    rows.append(("total", *(sum(row[i] for row in rows) for i in (1, 2, 3))))
+        row = [split, len(refs), sum(len(r.sentences) for r in refs), len({r.image_id for r in refs})]
+        if index.generalized:
+            row += [sum(r.no_target for r in refs), sum(len(r.ann_ids) > 1 for r in refs)]
+        rows.append(row)
+    rows.append(["total", *(sum(row[i] for row in rows) for i in range(1, len(headers) + 1))])
+    widths = [10, 12, 10, 11, 14]
     print(f"{index.files.dataset} ({index.files.split_by})")
-    print(f"{'split':<8}{'refs':>10}{'sentences':>12}{'images':>10}")
-    for split, refs, sentences, images in rows:
-        print(f"{split:<8}{refs:>10,}{sentences:>12,}{images:>10,}")
+    print(f"{'split':<8}" + "".join(f"{header:>{width}}" for header, width in zip(headers, widths)))
+    for split, *counts in rows:
+        print(f"{split:<8}" + "".join(f"{count:>{width},}" for count, width in zip(counts, widths)))
 
 
 def run_synth(args) -> int:
@@ -51,7 +63,9 @@ def run_synth(args) -> int:
         raise DataError(f"--images needs a positive train count and no negative count, got {args.images}")
     if min(width, height) < 32:
         raise DataError(f"--size must be at least 32 x 32 pixels, got {width} x {height}")
-    write_synthetic(args.out, name=args.name, seed=args.seed, images=args.images, width=width, height=height)
+    write_synthetic(
+        args.out, name=args.name, seed=args.seed, images=args.images, width=width, height=height, generalized=args.generalized
+    )
     # Reading the set back checks it and leaves the index cached for the first run.
     print_counts(ReferIndex.load(args.out, args.name, "unc"))
     print(f"use it with: data.root={args.out} data.dataset={args.name} data.split_by=unc")

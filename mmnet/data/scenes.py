@@ -6,13 +6,21 @@ some other shape its size, so that no single word (colour, kind or size) finds i
 expression names at least two of colour, kind and size, and adds a position ("the leftmost ...")
 or a relation to a landmark ("... left of the blue square") where the attributes alone would
 still fit several shapes.
+
+A generalized set (gRefCOCO's kind) also refers to groups and to nothing. `describe_groups` finds
+the expressions that fit exactly two or three shapes and no other: a plural noun phrase ("the two
+red squares", "both circles", "the big shapes"), or a plural noun phrase and a position where the
+two or three shapes lie apart from the rest of the phrase's shapes ("the circles on the left").
+`describe_absent` finds expressions that fit no shape and are near misses: every word names
+something in the image, but not together ("the purple circle" beside purple shapes and circles).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from itertools import product
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -50,6 +58,15 @@ NOUN_PHRASES = (
     ("colour",),
     ("kind",),
 )
+PLURAL_KIND_WORDS = {"circle": ("circles", "discs"), "square": ("squares", "boxes"), "triangle": ("triangles",), "diamond": ("diamonds",)}
+# The attribute sets a plural noun phrase may name; none at all ("the shapes") only with a position.
+GROUP_NOUN_PHRASES = NOUN_PHRASES + (("size",), ())
+GROUP_PHRASES = {2: ("the {np}", "the two {np}", "both {np}"), 3: ("the {np}", "the three {np}", "all three {np}")}
+GROUP_POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
+COUNT_WORDS = {2: "two", 3: "three"}
+# The attribute sets an expression for nothing names: never one word alone, which finds a shape
+# whenever its value is in the image.
+ABSENT_NOUN_PHRASES = (("colour", "kind"), ("size", "kind"), ("size", "colour"), ("size", "colour", "kind"))
 
 
 @dataclass(frozen=True)
@@ -146,13 +163,80 @@ def describe(target: Shape, shapes: list[Shape], rng: np.random.Generator, *, sh
     return found
 
 
+def describe_groups(shapes: list[Shape], rng: np.random.Generator, *, short_side: int) -> dict[tuple[int, ...], list[str]]:
+    """Every expression that fits exactly two or three shapes and no other, by those shapes' indices.
+
+    For each attribute set of GROUP_NOUN_PHRASES and each set of values it takes in the image, the
+    shapes with those values form a group: named by a plural noun phrase when it holds two or three
+    shapes ("the red squares", "both circles", "the three big shapes"), and, when it holds three or
+    more, with a position for the two or three of them that lie at one side ("the circles on the
+    left"): the group's shapes in order from that side up to the first gap of more than MARGIN_SHARE
+    of the short side between the centres of neighbours, so that each of them lies beyond all the
+    group's other shapes by the margin and no narrower cluster at that side could be meant instead.
+    """
+    margin = MARGIN_SHARE * short_side
+    found: dict[tuple[int, ...], list[str]] = {}
+    for attributes in GROUP_NOUN_PHRASES:
+        seen: set[tuple[str, ...]] = set()
+        for shape in shapes:
+            values = tuple(getattr(shape, a) for a in attributes)
+            if values in seen:
+                continue
+            seen.add(values)
+            group = [k for k, s in enumerate(shapes) if all(getattr(s, a) == getattr(shape, a) for a in attributes)]
+            if attributes and len(group) in COUNT_WORDS:
+                text = str(rng.choice(GROUP_PHRASES[len(group)])).format(np=_noun_phrase(shape, attributes, rng, plural=True))
+                found.setdefault(tuple(group), []).append(text)
+            if len(group) < 3:
+                continue
+            for position, direction in POSITIONS.items():
+                side = _side_cluster([shapes[k] for k in group], direction, margin)
+                if len(side) in COUNT_WORDS and len(side) < len(group):
+                    count = str(rng.choice(["", COUNT_WORDS[len(side)] + " "]))
+                    text = f"the {count}{_noun_phrase(shape, attributes, rng, plural=True)} {GROUP_POSITION_PHRASES[position]}"
+                    found.setdefault(tuple(sorted(group[j] for j in side)), []).append(text)
+    return found
+
+
+def _side_cluster(group: list[Shape], direction: tuple[int, int], margin: float) -> list[int]:
+    """Indices into the group of its shapes at one side: from the furthest that way, up to the
+    first gap of more than the margin between neighbouring centres; all of them when there is none."""
+    dimension, sign = direction
+    order = sorted(range(len(group)), key=lambda j: -sign * group[j].centre(dimension))
+    for n in range(1, len(order)):
+        if _beyond(group[order[n - 1]], group[order[n]], direction) > margin:
+            return order[:n]
+    return order
+
+
+def describe_absent(shapes: list[Shape], rng: np.random.Generator) -> dict[str, list[str]]:
+    """Expressions that fit no shape, by the attribute set they name ("colour kind", ...): near misses.
+
+    Each names two or three attributes of ABSENT_NOUN_PHRASES, each value present in the image on
+    some shape but no shape with them all ("the purple circle" beside a purple square and a red
+    circle); one that names three also has some shape with two of them ("the small red square"
+    beside a big red square).
+    """
+    found: dict[str, list[str]] = {}
+    for attributes in ABSENT_NOUN_PHRASES:
+        present = [sorted({getattr(s, a) for s in shapes}) for a in attributes]
+        for values in product(*present):
+            wanted = dict(zip(attributes, values))
+            fitting = [sum(getattr(s, a) == v for a, v in wanted.items()) for s in shapes]
+            if max(fitting) == len(attributes) or (len(attributes) == 3 and max(fitting) < 2):
+                continue
+            text = str(rng.choice(["the {np}", "{np}"])).format(np=_phrase(wanted, rng))
+            found.setdefault(" ".join(attributes), []).append(text)
+    return found
+
+
 def _beyond(shape: Shape, reference: Shape, direction: tuple[int, int]) -> float:
     """How far the shape's centre lies past the reference's in a direction (dimension, sign) of POSITIONS."""
     dimension, sign = direction
     return sign * (shape.centre(dimension) - reference.centre(dimension))
 
 
-def choose_expressions(described: dict[str, list[str]], rng: np.random.Generator, *, most: int = 3) -> list[str]:
+def choose_expressions(described: Mapping[object, list[str]], rng: np.random.Generator, *, most: int = 3) -> list[str]:
     """Up to ``most`` different expressions, drawing from the kinds of description in turn so that none dominates."""
     pools = [list(rng.permutation(texts)) for texts in described.values() if texts]
     pools = [pools[i] for i in rng.permutation(len(pools))]
@@ -164,13 +248,22 @@ def choose_expressions(described: dict[str, list[str]], rng: np.random.Generator
     return chosen
 
 
-def _noun_phrase(shape: Shape, attributes: tuple[str, ...], rng: np.random.Generator) -> str:
+def _noun_phrase(shape: Shape, attributes: tuple[str, ...], rng: np.random.Generator, *, plural: bool = False) -> str:
+    return _phrase({a: getattr(shape, a) for a in attributes}, rng, plural=plural)
+
+
+def _phrase(values: dict[str, str], rng: np.random.Generator, *, plural: bool = False) -> str:
+    """The words for attribute values ({"size": "big", "kind": "circle"} -> "big circle"), in the
+    order size, colour, kind; "shape" stands in for a kind not named."""
     words = []
-    if "size" in attributes:
-        words.append(str(rng.choice(SIZE_WORDS[shape.size])))
-    if "colour" in attributes:
-        words.append(shape.colour)
-    words.append(str(rng.choice(KIND_WORDS[shape.kind])) if "kind" in attributes else "shape")
+    if "size" in values:
+        words.append(str(rng.choice(SIZE_WORDS[values["size"]])))
+    if "colour" in values:
+        words.append(values["colour"])
+    if "kind" in values:
+        words.append(str(rng.choice((PLURAL_KIND_WORDS if plural else KIND_WORDS)[values["kind"]])))
+    else:
+        words.append("shapes" if plural else "shape")
     return " ".join(words)
 
 

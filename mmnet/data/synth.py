@@ -6,13 +6,20 @@
 
 Image files carry the dataset name, so they never overwrite COCO's own files in the same folder.
 The scenes and expressions are described in `mmnet.data.scenes`.
+
+A generalized set (`generalized=True`, gRefCOCO's layout) writes grefs(unc).json, a JSON list of
+refs whose ann_id and category_id are lists ([-1] for a ref to nothing, with no_target true), in
+place of refs(unc).p. Its images, instances.json and single-target refs (same ids, same sentences)
+are the plain set's of the same seed, byte for byte; to them it adds, after all of them, refs to
+two or three shapes and refs to nothing, drawn from a second random stream per image so that the
+plain set's draws stay as they are. Of all expressions, about GENERALIZED_SHARES of each kind.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,13 +29,25 @@ from tqdm import tqdm
 
 from mmnet.data.errors import DataError
 from mmnet.data.masks import uncompressed_rle
-from mmnet.data.scenes import KIND_WORDS, Shape, choose_expressions, describe, is_referable, render, sample_scene
+from mmnet.data.scenes import (
+    KIND_WORDS,
+    Shape,
+    choose_expressions,
+    describe,
+    describe_absent,
+    describe_groups,
+    is_referable,
+    render,
+    sample_scene,
+)
 
 SPLITS = ("train", "val", "testA", "testB")
 CATEGORY_IDS = {kind: i + 1 for i, kind in enumerate(KIND_WORDS)}
 # Real instances.json files use RLE for crowd regions only; writing some shapes as RLE keeps both
 # decoding paths in use.
 RLE_EVERY = 4
+# The share of all expressions in a generalized set that refer to several shapes, and to none.
+GENERALIZED_SHARES = {"multi": 0.1, "none": 0.1}
 
 
 @dataclass
@@ -43,10 +62,20 @@ class SyntheticImage:
     """Each shape's uint8 H x W mask, as drawn."""
     expressions: dict[int, list[str]]
     """Index of each referred shape -> its expressions."""
+    groups: dict[tuple[int, ...], list[str]] = field(default_factory=dict)
+    """Generalized sets only: indices of two or three shapes -> expressions that fit exactly them."""
+    absent: list[str] = field(default_factory=list)
+    """Generalized sets only: expressions that fit no shape."""
 
 
-def generate(*, name: str, seed: int, images: Sequence[int], width: int, height: int) -> Iterator[SyntheticImage]:
-    """The images of the four splits in order; image i of a split depends only on (seed, split, i)."""
+def generate(
+    *, name: str, seed: int, images: Sequence[int], width: int, height: int, generalized: bool = False
+) -> Iterator[SyntheticImage]:
+    """The images of the four splits in order; image i of a split depends only on (seed, split, i).
+
+    With ``generalized``, each image also gets group and no-target expressions (``groups``,
+    ``absent``), drawn from a second stream so that all else is as without.
+    """
     image_id = 0
     for split_index, (split, count) in enumerate(zip(SPLITS, images)):
         for i in range(count):
@@ -61,7 +90,28 @@ def generate(*, name: str, seed: int, images: Sequence[int], width: int, height:
                             expressions[k] = chosen
             pixels, masks = render(shapes, rng, width=width, height=height)
             image_id += 1
-            yield SyntheticImage(image_id, split, f"{name}_{image_id:012d}.jpg", pixels, shapes, masks, expressions)
+            item = SyntheticImage(image_id, split, f"{name}_{image_id:012d}.jpg", pixels, shapes, masks, expressions)
+            if generalized:
+                _add_generalized(item, np.random.default_rng([seed, split_index, i, 1]), short_side=min(width, height))
+            yield item
+
+
+def _add_generalized(item: SyntheticImage, rng: np.random.Generator, *, short_side: int) -> None:
+    """Draws the image's group and no-target expressions, as many of each kind, on average, as make
+    its share of GENERALIZED_SHARES beside the image's single-target expressions."""
+    singles = sum(len(texts) for texts in item.expressions.values())
+    scale = singles / (1 - sum(GENERALIZED_SHARES.values()))
+    groups = describe_groups(item.shapes, rng, short_side=short_side)
+    owner = {text: group for group, texts in groups.items() for text in texts}
+    for text in choose_expressions(groups, rng, most=_rounded(scale * GENERALIZED_SHARES["multi"], rng)):
+        item.groups.setdefault(owner[text], []).append(text)
+    absent = describe_absent(item.shapes, rng)
+    item.absent = choose_expressions(absent, rng, most=_rounded(scale * GENERALIZED_SHARES["none"], rng))
+
+
+def _rounded(mean: float, rng: np.random.Generator) -> int:
+    """mean rounded down or up at random, mean on average."""
+    return int(mean + rng.random())
 
 
 def write_synthetic(
@@ -72,9 +122,15 @@ def write_synthetic(
     images: Sequence[int] = (400, 50, 50, 50),
     width: int = 320,
     height: int = 240,
+    generalized: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Writes the dataset under ``out`` (the data.root of a config); returns the dataset folder."""
+    """Writes the dataset under ``out`` (the data.root of a config); returns the dataset folder.
+
+    With ``generalized``, grefs(unc).json in gRefCOCO's layout in place of refs(unc).p. Each
+    layout removes the other's refs file left by an earlier set of the same name, which a reader
+    would otherwise find.
+    """
     # The name becomes a folder under out and the prefix of image files beside COCO's.
     if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
         raise DataError(f"dataset name {name!r} must be a plain folder name, without / or \\")
@@ -90,11 +146,16 @@ def write_synthetic(
         "categories": [{"id": i, "name": kind, "supercategory": "shape"} for kind, i in CATEGORY_IDS.items()],
     }
     refs: list[dict] = []
-    sent_id = 0
-    items = generate(name=name, seed=seed, images=images, width=width, height=height)
+    # Group and no-target refs: (image, split, file name, ann ids, category ids, expressions),
+    # numbered after all single-target refs.
+    extra: list[tuple[int, str, str, list[int], list[int], list[str]]] = []
+    sentences = _Sentences()
+    items = generate(name=name, seed=seed, images=images, width=width, height=height, generalized=generalized)
     for item in tqdm(items, total=sum(images), desc=f"writing {name}", unit="image", disable=not progress):
         Image.fromarray(item.pixels).save(image_dir / item.file_name, quality=95)
         instances["images"].append({"id": item.image_id, "file_name": item.file_name, "height": height, "width": width})
+        first_ann_id = len(instances["annotations"]) + 1
+        image = (item.image_id, item.split, item.file_name)
         for k, (shape, mask) in enumerate(zip(item.shapes, item.masks)):
             ann_id = len(instances["annotations"]) + 1
             instances["annotations"].append(
@@ -108,29 +169,54 @@ def write_synthetic(
                     "iscrowd": 0,
                 }
             )
-            if k not in item.expressions:
-                continue
-            sentences = []
-            for text in item.expressions[k]:
-                sent_id += 1
-                sentences.append({"tokens": text.split(), "raw": text[0].upper() + text[1:], "sent_id": sent_id, "sent": text})
-            refs.append(
-                {
-                    "ref_id": len(refs) + 1,
-                    "ann_id": ann_id,
-                    "image_id": item.image_id,
-                    "split": item.split,
-                    "sentences": sentences,
-                    "sent_ids": [s["sent_id"] for s in sentences],
-                    "category_id": CATEGORY_IDS[shape.kind],
-                    # As in the real files: the image name with the annotation id, not a file on disk.
-                    "file_name": f"{Path(item.file_name).stem}_{ann_id}.jpg",
-                }
-            )
+            if k in item.expressions:
+                refs.append(_ref(len(refs) + 1, *image, ann_id, CATEGORY_IDS[shape.kind], sentences.make(item.expressions[k])))
+        for group, texts in item.groups.items():
+            extra.append((*image, [first_ann_id + k for k in group], [CATEGORY_IDS[item.shapes[k].kind] for k in group], texts))
+        extra += [(*image, [-1], [-1], [text]) for text in item.absent]
     (dataset_dir / "instances.json").write_text(json.dumps(instances))
-    with (dataset_dir / "refs(unc).p").open("wb") as file:
-        pickle.dump(refs, file, protocol=2)
+    plain, grefs = dataset_dir / "refs(unc).p", dataset_dir / "grefs(unc).json"
+    if not generalized:
+        grefs.unlink(missing_ok=True)
+        with plain.open("wb") as file:
+            pickle.dump(refs, file, protocol=2)
+        return dataset_dir
+    for ref in refs:
+        ref.update(ann_id=[ref["ann_id"]], category_id=[ref["category_id"]], no_target=False)
+    for image_id, split, file_name, ann_ids, category_ids, texts in extra:
+        ref = _ref(len(refs) + 1, image_id, split, file_name, ann_ids[0], category_ids, sentences.make(texts))
+        refs.append({**ref, "ann_id": ann_ids, "no_target": ann_ids == [-1]})
+    plain.unlink(missing_ok=True)
+    grefs.write_text(json.dumps(refs))
     return dataset_dir
+
+
+class _Sentences:
+    """Numbers sentences from 1 in the order they are made."""
+
+    def __init__(self):
+        self.last_id = 0
+
+    def make(self, texts: list[str]) -> list[dict]:
+        made = []
+        for text in texts:
+            self.last_id += 1
+            made.append({"tokens": text.split(), "raw": text[0].upper() + text[1:], "sent_id": self.last_id, "sent": text})
+        return made
+
+
+def _ref(ref_id: int, image_id: int, split: str, file_name: str, ann_id: int, category_id, sentences: list[dict]) -> dict:
+    return {
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": image_id,
+        "split": split,
+        "sentences": sentences,
+        "sent_ids": [s["sent_id"] for s in sentences],
+        "category_id": category_id,
+        # As in the real files: the image name with the (first) annotation id, not a file on disk.
+        "file_name": f"{Path(file_name).stem}_{ann_id}.jpg",
+    }
 
 
 def _bbox(mask: np.ndarray) -> list[float]:
