@@ -13,7 +13,7 @@ from mmnet.modeling.clip import create_clip, is_resnet
 from mmnet.modeling.decoder import VisionLanguageDecoder
 from mmnet.modeling.fusion_neck import FusionNeck
 from mmnet.modeling.image_encoder import ResNetImageEncoder, ViTImageEncoder
-from mmnet.modeling.mask_decoder import MultiMaskProjector, MultiQueryEstimator
+from mmnet.modeling.mask_decoder import MultiMaskProjector, MultiQueryEstimator, NoTargetHead
 from mmnet.modeling.mmnet import MMNet
 from mmnet.modeling.query_generator import MultiQueryGenerator
 from mmnet.modeling.text_encoder import TextEncoder
@@ -77,6 +77,11 @@ def build_mmnet(config: ModelConfig, *, load_clip_weights: bool = True) -> MMNet
         for head in (model.query_generator, model.projector, model.estimator):
             if head is not None:
                 he_init(head)
+    if config.no_target:
+        # Drawn after every other weight, which are then those of the same seed's single-target model.
+        model.no_target_head = NoTargetHead(dim=dim)
+        if config.init == "he":
+            he_init(model.no_target_head)
     # Convolution weights in channels_last: a ResNet tower's convolutions then run on NHWC
     # activations from its first layer on, which benchmarks/inference.py measures as faster
     # (docs/performance.md); the outputs are the same within fp32 rounding.

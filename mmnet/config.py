@@ -77,6 +77,10 @@ class ModelConfig:
     init: str = "he"
     """Initialisation of the query generator, projector and estimator: ``he`` (docs/model.md) or
     ``pytorch`` (the layers' own defaults)."""
+    no_target: bool = False
+    """A head that says whether the expression refers to nothing in the image (generalized
+    referring segmentation, gRefCOCO; beyond the paper: docs/model.md, "Extensions"). Off, the
+    model is the paper's single-target MMNet and has no such weights."""
 
     def validate(self) -> None:
         for name in ("image_size", "hidden_dim", "num_heads", "ffn_dim", "decoder_layers"):
@@ -177,6 +181,9 @@ class TrainConfig:
     """Weight of the estimator's cross-entropy against the best query (``query_loss: best``)."""
     dice_weight: float = 0.0
     """Weight of a Dice loss beside every cross-entropy term; 0 is the paper's cross-entropy alone."""
+    no_target_weight: float = 1.0
+    """Weight of the no-target head's binary cross-entropy (a sample whose mask is empty refers to
+    nothing); used only by a model with ``model.no_target``."""
     target_resize: str = "area"
     """How the ground truth is resized to the mask's 4H3 x 4W3: ``area`` (each cell the share of
     it the object covers) or ``nearest`` (each cell wholly in or out)."""
@@ -198,7 +205,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be above 0, got {getattr(self, name)}")
         _check_choice("train.query_loss", self.query_loss, QUERY_LOSSES)
         _check_choice("train.target_resize", self.target_resize, TARGET_RESIZES)
-        for name in ("backbone_lr_mult", "weight_decay", "grad_clip", "query_loss_weight", "score_loss_weight", "dice_weight"):
+        for name in (
+            "backbone_lr_mult", "weight_decay", "grad_clip", "query_loss_weight", "score_loss_weight", "dice_weight", "no_target_weight"
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must not be negative, got {getattr(self, name)}")
 
@@ -207,6 +216,9 @@ class TrainConfig:
 class EvalConfig:
     threshold: float = 0.35
     """Probability above which a pixel belongs to the object."""
+    no_target_threshold: float = 0.5
+    """With ``model.no_target``: no-target probability above which the expression is taken to
+    refer to nothing, and its mask is left empty."""
     batch_size: int = 16
     compile: bool = False
     """torch.compile the model (`MMNet.compile`) in `mmnet eval`, `mmnet predict` and the
@@ -218,8 +230,9 @@ class EvalConfig:
     or AVX512-BF16; fp32 elsewhere), ``fp32``, or ``bf16`` (autocast on any device)."""
 
     def validate(self) -> None:
-        if not 0 < self.threshold < 1:
-            raise ConfigError(f"eval.threshold must lie between 0 and 1, got {self.threshold}")
+        for name in ("threshold", "no_target_threshold"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"eval.{name} must lie between 0 and 1, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be at least 1, got {self.batch_size}")
         _check_choice("eval.precision", self.precision, PRECISIONS)

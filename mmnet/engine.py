@@ -121,6 +121,7 @@ def loss_function(config: Config, *, has_estimator: bool) -> Callable[[MMNetOutp
         score_loss_weight=config.train.score_loss_weight if has_estimator else 0.0,
         dice_weight=config.train.dice_weight,
         target_resize=config.train.target_resize,
+        no_target_weight=config.train.no_target_weight,
     )
 
 

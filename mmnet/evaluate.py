@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from mmnet import distributed
 from mmnet.checkpoint import CONFIG_FILE, find_checkpoint, load_model, read_config
-from mmnet.config import Config, ConfigError, load_config, with_overrides
+from mmnet.config import Config, ConfigError, EvalConfig, load_config, with_overrides
 from mmnet.data.datasets import ExpressionBatches, ReferEvalDataset, ReferImageEvalDataset, collate_eval, collate_images
 from mmnet.data.images import load_image
 from mmnet.data.refer import ReferIndex
@@ -37,6 +37,7 @@ def evaluate(
     ctx: distributed.Context,
     threshold: float,
     precision: str,
+    no_target_threshold: float = 0.5,
     desc: str = "eval",
     batch_size: Optional[int] = None,
     on_sample: Optional[OnSample] = None,
@@ -67,19 +68,24 @@ def evaluate(
             for chunk, tokens, outputs in _decode(model, batch, ctx=ctx, precision=precision, batch_size=batch_size):
                 queries.update(outputs=outputs, tokens=tokens)
                 geometries = [batch["geometry"][k] for k in batch["image_index"][chunk].tolist()]
-                for offset, segmentation in enumerate(segment(outputs, geometries, threshold=threshold)):
+                segmentations = segment(outputs, geometries, threshold=threshold, no_target_threshold=no_target_threshold)
+                for offset, segmentation in enumerate(segmentations):
                     e = chunk.start + offset
                     record = _record(batch, e, segmentation)
                     records.append(record)
                     if on_sample is not None:
                         entries = {**record, "sentence": batch["sentence"][e], "mask": batch["mask"][e], "geometry": geometries[offset]}
-                        on_sample(entries, MMNetOutput(*(v[offset : offset + 1] for v in outputs)), segmentation, record["iou"])
+                        on_sample(entries, outputs.take(slice(offset, offset + 1)), segmentation, record["iou"])
     records = [r for shard in distributed.all_gather_objects(records) for r in shard]
     records.sort(key=lambda r: r["sent_id"])
     diagnostics = queries.summary()
     if not records:
         raise MMNetError("the evaluation split holds no expressions")
-    return {**summarize([r["intersection"] for r in records], [r["union"] for r in records]), "diagnostics": diagnostics}, records
+    # The GRES metrics where expressions may refer to several objects or none, or the model can say "none".
+    generalized = any(r["objects"] != 1 for r in records) or any(r["no_target_probability"] is not None for r in records)
+    extra = {"no_target": [r["objects"] == 0 for r in records], "predicted_areas": [r["predicted_area"] for r in records]} if generalized else {}
+    metrics = summarize([r["intersection"] for r in records], [r["union"] for r in records], **extra)
+    return {**metrics, "diagnostics": diagnostics}, records
 
 
 def _decode(model: nn.Module, batch: dict[str, Any], *, ctx: distributed.Context, precision: str, batch_size: Optional[int]):
@@ -98,15 +104,19 @@ def _decode(model: nn.Module, batch: dict[str, Any], *, ctx: distributed.Context
 
 
 def _record(batch: dict[str, Any], e: int, segmentation: Segmentation) -> dict[str, Any]:
-    """Expression ``e``'s ids, and its intersection, union and IoU with the truth at the original size."""
+    """Expression ``e``'s ids, how many objects it refers to, and its intersection, union and IoU
+    with the truth at the original size, the predicted mask's area and the no-target probability."""
     intersection, union = intersection_union(segmentation.mask, batch["mask"][e].bool())
     return {
         "sent_id": int(batch["sent_id"][e]),
         "ref_id": int(batch["ref_id"][e]),
         "image_id": int(batch["image_id"][batch["image_index"][e]]),
+        "objects": int(batch["objects"][e]),
         "intersection": int(intersection),
         "union": int(union),
         "iou": float(iou(intersection, union)),
+        "predicted_area": int(segmentation.mask.sum()),
+        "no_target_probability": segmentation.no_target_probability,
     }
 
 
@@ -152,10 +162,13 @@ def evaluate_checkpoint(
     overrides: tuple[str, ...] = (),
     vis_dir: Optional[str | Path] = None,
     vis_limit: Optional[int] = None,
+    vis_select: Optional[Callable[[dict[str, Any]], bool]] = None,
     device: Optional[str] = None,
 ) -> dict[str, dict]:
-    """Metrics per split (mIoU, oIoU, Pr@0.5-0.9 in percent, count, and the query ``diagnostics``)
-    of the checkpoint at ``checkpoint``."""
+    """Metrics per split (mIoU, oIoU, Pr@0.5-0.9 in percent, count, and the query ``diagnostics``;
+    the GRES metrics where expressions may name several objects or none) of the checkpoint at
+    ``checkpoint``, with up to ``vis_limit`` pictures per split in ``vis_dir`` of the expressions
+    that ``vis_select`` (given an expression's record) accepts."""
     directory = find_checkpoint(checkpoint)
     config = _config_for(directory, config_path, list(overrides))
     with distributed.session(device) as ctx:
@@ -169,10 +182,10 @@ def evaluate_checkpoint(
             drawn = {"count": 0}
 
             def draw(entries, outputs, segmentation, value, split=split):
-                if vis_limit is not None and drawn["count"] >= vis_limit:
+                if vis_limit is not None and drawn["count"] >= vis_limit or vis_select is not None and not vis_select(entries):
                     return
                 drawn["count"] += 1
-                save_panel(Path(vis_dir) / split, index, entries, outputs, value, config.eval.threshold)
+                save_panel(Path(vis_dir) / split, index, entries, outputs, value, config.eval)
 
             metrics, records = evaluate(
                 model=model,
@@ -180,6 +193,7 @@ def evaluate_checkpoint(
                 ctx=ctx,
                 threshold=config.eval.threshold,
                 precision=config.eval.precision,
+                no_target_threshold=config.eval.no_target_threshold,
                 desc=split,
                 batch_size=config.eval.batch_size,
                 on_sample=draw if vis_dir is not None else None,
@@ -188,11 +202,12 @@ def evaluate_checkpoint(
         return results
 
 
-def save_panel(folder: Path, index: ReferIndex, entries: dict[str, Any], outputs: MMNetOutput, value: float, threshold: float) -> Path:
+def save_panel(folder: Path, index: ReferIndex, entries: dict[str, Any], outputs: MMNetOutput, value: float, settings: EvalConfig) -> Path:
     """Writes ``<folder>/<sent_id>.png`` for one expression (``entries`` and ``outputs`` as
     ``evaluate`` hands them to ``on_sample``): image, ground truth, prediction and scored query masks."""
     folder.mkdir(parents=True, exist_ok=True)
-    (shown,) = segment(outputs, [entries["geometry"]], threshold=threshold, queries=True)
+    threshold = settings.threshold
+    (shown,) = segment(outputs, [entries["geometry"]], threshold=threshold, no_target_threshold=settings.no_target_threshold, queries=True)
     record = index.image(entries["image_id"])
     panel = expression_panel(
         load_image(index.image_path(record.image_id), size=(record.width, record.height)),
@@ -203,6 +218,8 @@ def save_panel(folder: Path, index: ReferIndex, entries: dict[str, Any], outputs
         query_probabilities=list(shown.query_probabilities.numpy()),
         query_scores=[float(s) for s in outputs.query_scores[0].float().cpu()],
         iou=value,
+        no_target_probability=shown.no_target_probability,
+        no_target=shown.no_target,
     )
     path = folder / f"{entries['sent_id']}.png"
     panel.save(path)

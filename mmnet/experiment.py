@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from mmnet.config import Config
 from mmnet.data.synth import SPLITS
@@ -37,9 +37,10 @@ def train_and_evaluate(
     device: Optional[str] = None,
     vis_dir: Optional[str | Path] = None,
     vis_limit: Optional[int] = None,
+    vis_select: Optional[Callable[[dict], bool]] = None,
 ) -> Experiment:
     """Trains as ``config`` says from scratch, then evaluates ``<train.output_dir>/best`` on ``splits``
-    (drawing up to ``vis_limit`` expressions per split into ``vis_dir``)."""
+    (drawing up to ``vis_limit`` expressions per split that ``vis_select`` accepts into ``vis_dir``)."""
     from mmnet.evaluate import evaluate_checkpoint
     from mmnet.train import train
 
@@ -48,7 +49,9 @@ def train_and_evaluate(
     trained = train(config, device=device)
     seconds = {"train": time.perf_counter() - start}
     start = time.perf_counter()
-    evaluation = evaluate_checkpoint(output / "best", list(splits), device=device, vis_dir=vis_dir, vis_limit=vis_limit)
+    evaluation = evaluate_checkpoint(
+        output / "best", list(splits), device=device, vis_dir=vis_dir, vis_limit=vis_limit, vis_select=vis_select
+    )
     seconds["evaluate"] = time.perf_counter() - start
     return Experiment(trained=trained, evaluation=evaluation, seconds=seconds)
 

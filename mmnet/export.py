@@ -3,7 +3,9 @@
 The graph takes ``images`` (B x 3 x S x S float32, letterboxed and CLIP-normalised as
 ``mmnet.data.transforms.Letterbox`` makes them) and ``tokens`` (B x L int64, as
 ``mmnet.data.tokenizer.tokenize`` makes them), and returns ``logits``, ``query_masks``,
-``query_scores`` and ``word_attention``, the outputs of ``MMNet.forward``.
+``query_scores`` and ``word_attention``, the outputs of ``MMNet.forward``, and for a model with
+the no-target head also ``no_target`` (B logits; sigmoid > eval.no_target_threshold: nothing
+matches). The graph is fp32 whatever ``eval.precision`` says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from mmnet.modeling import MMNet, MMNetOutput
 
 INPUTS = ("images", "tokens")
 OUTPUTS = MMNetOutput._fields  # ONNX names the outputs of the NamedTuple in its order
+
+
+def output_names(model: MMNet) -> list[str]:
+    """The graph's outputs for ``model``: a model without the no-target head has no ``no_target``."""
+    return [name for name in OUTPUTS if name != "no_target" or model.no_target_head is not None]
 OPSET = 18
 
 
@@ -57,7 +64,7 @@ def export_onnx(model: MMNet, out: str | Path, *, batch_size: int = 2) -> Path:
                 (images, tokens),
                 str(out),
                 input_names=list(INPUTS),
-                output_names=list(OUTPUTS),
+                output_names=output_names(model),
                 dynamic_shapes=({0: batch}, {0: batch}),
                 opset_version=OPSET,
                 dynamo=True,

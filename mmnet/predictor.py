@@ -6,6 +6,7 @@
     result = predictor.predict("photo.jpg", "the man in the red shirt")
     result.mask            # H x W bool, at the photo's own size
     result.query_scores    # N_q, summing to 1
+    result.no_target       # True when a model with the no-target head finds nothing that matches
 
 Several expressions about one image encode the image once. Checkpoints are directories holding
 ``config.json`` and ``model.safetensors``: a training run's ``best/`` or ``last/``, a folder
@@ -41,7 +42,7 @@ class Prediction:
 
     text: str
     mask: np.ndarray
-    """H x W bool: probability above the threshold."""
+    """H x W bool: probability above the threshold; all False when ``no_target``."""
     probability: np.ndarray
     """H x W float32: sigmoid of the final logits y (Eq. 16)."""
     query_masks: np.ndarray
@@ -56,6 +57,11 @@ class Prediction:
     """The probability above which ``mask`` holds."""
     truncated: bool
     """True when the expression had more tokens than the context length and was cut."""
+    no_target_probability: Optional[float] = None
+    """The probability that the expression refers to nothing in the image, from a model with the
+    no-target head (``model.no_target``); None for the paper's single-target model."""
+    no_target: bool = False
+    """Nothing in the image matches: ``no_target_probability`` above ``config.eval.no_target_threshold``."""
 
 
 def as_image(image: ImageInput) -> Image.Image:
@@ -145,7 +151,13 @@ class Predictor:
             chunk = tokens[start : start + self.config.eval.batch_size]
             with autocast(self.device, precision):
                 outputs = self.model.decode(visual, chunk.to(self.device))
-            shown = segment(outputs, [geometry] * chunk.shape[0], threshold=self.threshold, queries=True)
+            shown = segment(
+                outputs,
+                [geometry] * chunk.shape[0],
+                threshold=self.threshold,
+                no_target_threshold=self.config.eval.no_target_threshold,
+                queries=True,
+            )
             for b, segmentation in enumerate(shown):
                 length = int((chunk[b] != 0).sum())
                 results.append(
@@ -159,6 +171,8 @@ class Predictor:
                         tokens=[token_name(int(t)) for t in chunk[b, :length]],
                         threshold=self.threshold,
                         truncated=word_tokens(texts[start + b]) + 2 > self.config.model.context_length,
+                        no_target_probability=segmentation.no_target_probability,
+                        no_target=segmentation.no_target,
                     )
                 )
         return results[0] if single else results

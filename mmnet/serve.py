@@ -76,16 +76,25 @@ def answer(predictor: Predictor, image: Optional[str], text: Optional[str], *, m
         result = predictor.predict(picture, text)
     except MMNetError as err:
         raise gr.Error(str(err)) from None
-    outlined = overlay(picture, result.probability, threshold=result.threshold)
+    shown = np.zeros_like(result.probability) if result.no_target else result.probability  # nothing matches: all dimmed
+    outlined = overlay(picture, shown, threshold=result.threshold)
     order = np.argsort(-result.query_scores, kind="stable")
     # Without the Multi-Mask Projector the one mask is the prediction: nothing per query to show.
     shown = order if len(result.query_masks) == len(order) else []
     queries = [(spotlight(picture, result.query_masks[n]), f"query {n + 1}: {result.query_scores[n]:.2f}") for n in shown]
     attention = result.word_attention[order[0]]
     words = ", ".join(f"{token} {weight:.2f}" for token, weight in zip(result.tokens, attention))
+    if result.no_target:
+        found = f"**{result.text}**: nothing matches (no-target probability {result.no_target_probability:.2f})."
+    else:
+        found = (
+            f"**{result.text}**: {100 * result.mask.mean():.1f}% of the image is the object "
+            f"(probability above {predictor.threshold:.2f})."
+        )
+        if result.no_target_probability is not None:
+            found += f" No-target probability {result.no_target_probability:.2f}."
     summary = (
-        f"**{result.text}**: {100 * result.mask.mean():.1f}% of the image is the object "
-        f"(probability above {predictor.threshold:.2f}). Best query: {order[0] + 1} of {len(order)}, "
+        f"{found} Best query: {order[0] + 1} of {len(order)}, "
         f"score {result.query_scores[order[0]]:.2f}; its word weights: {words}."
     )
     if result.truncated:

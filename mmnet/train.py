@@ -274,6 +274,7 @@ class Trainer:
             ctx=self.ctx,
             threshold=self.config.eval.threshold,
             precision=self.config.eval.precision,
+            no_target_threshold=self.config.eval.no_target_threshold,
             desc=f"val {state.epoch + 1}",
             batch_size=self.config.eval.batch_size,
         )

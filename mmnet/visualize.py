@@ -97,15 +97,24 @@ def expression_panel(
     query_scores: Sequence[float],
     iou: Optional[float] = None,
     top_k: Optional[int] = 4,
+    no_target_probability: Optional[float] = None,
+    no_target: bool = False,
 ) -> Image.Image:
     """One row of the paper's Figure 5: the expression, the image, the ground truth, the prediction,
     and the masks of the ``top_k`` best scored queries (every query with ``None``), best first,
-    each captioned with its number and score. All maps are H x W at the image's size."""
+    each captioned with its number and score. All maps are H x W at the image's size.
+
+    With a no-target head (``no_target_probability`` given) the prediction's caption gives that
+    probability, and says "nothing matches" with an empty prediction when ``no_target``.
+    """
     tiles = [_text_cell(sentence), _tile(image, "image")]
     if ground_truth is not None:
         tiles.append(_tile(image, "ground truth", weight=ground_truth, outline=GROUND_TRUTH))
     label = "prediction" if iou is None else f"prediction, IoU {100 * iou:.1f}"
-    tiles.append(_tile(image, label, weight=probability > threshold, outline=PREDICTION))
+    if no_target_probability is not None:
+        label = f"{'nothing matches' if no_target else label}, none {no_target_probability:.2f}"
+    predicted = np.zeros(probability.shape, dtype=bool) if no_target else probability > threshold
+    tiles.append(_tile(image, label, weight=predicted, outline=PREDICTION))
     # Without the Multi-Mask Projector the one mask is the prediction itself: nothing per query to show.
     if len(query_probabilities) == len(query_scores):
         order = np.argsort(-np.asarray(query_scores, dtype=np.float64), kind="stable")[:top_k]

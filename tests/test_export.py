@@ -8,7 +8,7 @@ import torch
 
 from mmnet.cli import main
 from mmnet.config import Config
-from mmnet.export import OUTPUTS
+from mmnet.export import OUTPUTS, output_names
 from mmnet.checkpoint import save_pretrained
 from mmnet.export import export_onnx
 from test_checkpoint import float_tensor_names, overwrite_with_nan
@@ -19,24 +19,26 @@ ort = pytest.importorskip("onnxruntime")
 TEXTS = ["the blue triangle", "a cat", "the large square left of the red circle"]
 
 
-@pytest.mark.parametrize("backbone", ["RN-tiny", "ViT-tiny"])
-def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tmp_path, capsys, backbone):
-    model = with_distinct_queries(build_tiny(backbone, seed=4, num_queries=5), seed=2).eval()
-    save_pretrained(model, Config(model=tiny_model_config(backbone, num_queries=5)), tmp_path / "ckpt")
+@pytest.mark.parametrize("backbone, no_target", [("RN-tiny", False), ("ViT-tiny", False), ("RN-tiny", True)])
+def test_exported_model_matches_pytorch_at_batch_sizes_it_was_not_traced_with(tmp_path, capsys, backbone, no_target):
+    model = with_distinct_queries(build_tiny(backbone, seed=4, num_queries=5, no_target=no_target), seed=2).eval()
+    save_pretrained(model, Config(model=tiny_model_config(backbone, num_queries=5, no_target=no_target)), tmp_path / "ckpt")
     out = tmp_path / "mmnet.onnx"
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "onnx", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images", "tokens"]
-    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+    names = list(OUTPUTS) if no_target else [name for name in OUTPUTS if name != "no_target"]
+    assert [o.name for o in session.get_outputs()] == names == output_names(model)
     for batch in (1, 3):  # traced with 2
         images, tokens = random_images(batch, seed=batch), tokens_for(TEXTS[:batch])
         with torch.no_grad():
             expected = model(images, tokens)
         assert expected.query_scores.std(dim=1).min() > 1e-3  # queries that differ, so a mix-up shows
         got = session.run(None, {"images": images.numpy(), "tokens": tokens.numpy()})
-        for name, value, reference in zip(OUTPUTS, got, expected):
+        assert len(got) == len(names)
+        for name, value, reference in zip(names, got, expected):
             assert value.shape == tuple(reference.shape)
             assert np.abs(value - reference.numpy()).max() < 1e-4, name
 

@@ -171,7 +171,7 @@ def test_every_ablation_trains_every_parameter(backbone, num_queries, multi_mask
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_eval_output_of_a_sample_does_not_depend_on_its_batch(backbone):
-    model = build_tiny(backbone).eval()
+    model = build_tiny(backbone, no_target=True).eval()  # every output, the no-target logit too
     images, tokens = _images(), tokens_for(TEXTS)
     with torch.no_grad():
         together = model(images, tokens)
@@ -183,7 +183,7 @@ def test_eval_output_of_a_sample_does_not_depend_on_its_batch(backbone):
 
 
 def test_one_image_encoded_once_serves_many_expressions():
-    model = build_tiny().eval()
+    model = build_tiny(no_target=True).eval()
     image, tokens = _images(1), tokens_for(TEXTS)
     with torch.no_grad():
         shared = model.decode(model.encode_image(image), tokens)

@@ -17,14 +17,16 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     from mmnet.checkpoint import load_pretrained
-    from mmnet.export import OUTPUTS, export_onnx
+    from mmnet.export import export_onnx, output_names
 
     model, config = load_pretrained(args.checkpoint)
     path = export_onnx(model, args.out)
     meta = {
         "inputs": {"images": f"B x 3 x {model.image_size} x {model.image_size} float32", "tokens": f"B x {model.context_length} int64"},
-        "outputs": list(OUTPUTS),
+        "outputs": output_names(model),
         "threshold": config.eval.threshold,
     }
+    if model.no_target_head is not None:
+        meta["no_target_threshold"] = config.eval.no_target_threshold
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {json.dumps(meta)}")
     return 0

@@ -39,7 +39,8 @@ def write_prediction(image, prediction, out: Path, index: int) -> tuple[Path, Pa
     stem = f"{index:02d}_{slug(prediction.text)}"
     mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(mask_path)
-    overlay(image, prediction.probability, threshold=prediction.threshold).save(overlay_path)
+    shown = np.zeros_like(prediction.probability) if prediction.no_target else prediction.probability  # nothing matches: all dimmed
+    overlay(image, shown, threshold=prediction.threshold).save(overlay_path)
     return mask_path, overlay_path
 
 
@@ -61,8 +62,13 @@ def run(args) -> int:
     for index, prediction in enumerate(predictions, start=1):
         mask_path, overlay_path = write_prediction(image, prediction, out, index)
         best = int(np.argmax(prediction.query_scores))
+        found = f"{100 * prediction.mask.mean():.1f}% of the image"
+        if prediction.no_target:
+            found = f"nothing matches (no-target probability {prediction.no_target_probability:.2f})"
+        elif prediction.no_target_probability is not None:
+            found += f" (no-target probability {prediction.no_target_probability:.2f})"
         print(
-            f'"{prediction.text}": {100 * prediction.mask.mean():.1f}% of the image; '
+            f'"{prediction.text}": {found}; '
             f"best query {best + 1} of {len(prediction.query_scores)} (score {prediction.query_scores[best]:.2f}); "
             f"{mask_path}, {overlay_path.name}"
         )

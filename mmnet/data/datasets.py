@@ -92,6 +92,7 @@ class _ReferExpressions(_ReferSamples):
         return {
             "tokens": self._tokens(sentence),
             "mask": torch.from_numpy(self.index.mask(ref.ref_id)),
+            "objects": len(ref.ann_ids),
             "ref_id": ref.ref_id,
             "sent_id": sentence.sent_id,
             "sentence": sentence.text,
@@ -106,7 +107,8 @@ class ReferEvalDataset(_ReferExpressions):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """Returns image: float 3 x S x S, tokens: int64 L, mask: uint8 H x W (original size),
-        geometry: the letterbox Geometry, and ref_id, sent_id, image_id, sentence."""
+        geometry: the letterbox Geometry, and objects (how many objects the expression refers
+        to: 0 for none, several in gRefCOCO), ref_id, sent_id, image_id, sentence."""
         expression = self._expression(self.sentences[i])
         image_id = self.index.ref(expression["ref_id"]).image_id
         image, geometry = self._image(image_id)
@@ -133,13 +135,14 @@ class ReferImageEvalDataset(_ReferExpressions):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """Returns image: float 3 x S x S, geometry, image_id, and expressions: a list of dicts
-        (tokens: int64 L, mask: uint8 H x W, ref_id, sent_id, sentence) in the split's order."""
+        (tokens: int64 L, mask: uint8 H x W, objects: how many objects the expression refers to,
+        ref_id, sent_id, sentence) in the split's order."""
         image_id, sentences = self.groups[i]
         image, geometry = self._image(image_id)
         return {"image": image, "geometry": geometry, "image_id": image_id, "expressions": [self._expression(s) for s in sentences]}
 
 
-EXPRESSION_KEYS = ("mask", "ref_id", "sent_id", "sentence")
+EXPRESSION_KEYS = ("mask", "objects", "ref_id", "sent_id", "sentence")
 
 
 def collate_eval(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,7 +154,7 @@ def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Batches K images with E expressions about them.
 
     Returns image: K x 3 x S x S; geometry, image_id: lists of K; tokens: E x L; image_index: E,
-    the image each expression is about; mask, ref_id, sent_id, sentence: lists of E.
+    the image each expression is about; mask, objects, ref_id, sent_id, sentence: lists of E.
     """
     expressions = [(k, e) for k, item in enumerate(batch) for e in item["expressions"]]
     collated = {

@@ -70,6 +70,7 @@ def mmnet_loss(
     score_loss_weight: float,
     dice_weight: float = 0.0,
     target_resize: str = "area",
+    no_target_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """The loss of one batch and its parts (scalars).
 
@@ -82,6 +83,10 @@ def mmnet_loss(
       mask to trust, as SAM's mask-quality head does. Its gradient reaches F_q as well as W_s.
     Without several masks (N_q = 1, or w/o MMP) the per-query terms are left out; a model without
     an estimator (w/o MQE) is trained with ``score_loss_weight`` 0, which leaves out the score term.
+
+    A model with the no-target head adds ``no_target_weight`` x the binary cross-entropy of its
+    logit against whether the sample's ground truth is empty (the expression refers to nothing);
+    the BCE on y then also pulls such a sample's mask toward empty.
     """
     parts = {"mask": mask_loss(outputs.logits, masks, dice_weight=dice_weight, resize=target_resize)}
     query_masks, scores = outputs.query_masks, outputs.query_scores
@@ -97,5 +102,8 @@ def mmnet_loss(
                 # no gradient from this term, only from the others).
                 log_scores = scores.float().clamp_min(1e-12).log()
                 parts["score"] = score_loss_weight * F.nll_loss(log_scores, best)
+    if outputs.no_target is not None and no_target_weight > 0:
+        empty = (masks.flatten(1).amax(dim=1) <= 0).float()
+        parts["no_target"] = no_target_weight * F.binary_cross_entropy_with_logits(outputs.no_target.float(), empty)
     parts["loss"] = sum(parts.values())
     return parts

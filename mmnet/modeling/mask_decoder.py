@@ -1,5 +1,6 @@
 """Mask Decoder (Sec. 3.4): the Multi-Mask Projector makes one mask per query (Eq. 14) and the
-Multi-Query Estimator scores the queries (Eq. 15)."""
+Multi-Query Estimator scores the queries (Eq. 15). Beyond the paper, the no-target head says
+whether the expression refers to anything at all (generalized referring segmentation)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,34 @@ class MultiQueryEstimator(nn.Module):
         if self.residual:
             mixed = mixed + f_q
         return self.score(mixed).squeeze(-1).log_softmax(dim=-1)  # Eq. 15
+
+
+class NoTargetHead(nn.Module):
+    """The logit that an expression refers to nothing in the image (gRefCOCO's "no target").
+
+    It reads what the mask decoder already holds: the estimator's view of the queries (their
+    score-weighted sum, Sigma_n S_n F_qn), the decoder's output F_s pooled over the image (its
+    largest and its mean activation per channel: whether any place answers the expression), and
+    the mask's own evidence (the largest probability of y). An MLP of one hidden layer of C units makes
+    the logit. Not in the paper; docs/model.md, "Extensions".
+    """
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(3 * dim + 1, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+
+    def forward(self, f_s: torch.Tensor, f_q: torch.Tensor, scores: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            f_s: B x C x H3 x W3, the decoder's output.
+            f_q: B x N_q x C, the queries.
+            scores: B x N_q, S_q.
+            logits: B x 1 x h x w, the final mask's logits.
+        Returns:
+            B no-target logits.
+        """
+        query = (scores[:, :, None].to(f_q.dtype) * f_q).sum(dim=1)
+        pooled = f_s.flatten(2)
+        evidence = logits.flatten(1).amax(dim=1, keepdim=True).float().sigmoid().to(f_q.dtype)
+        features = torch.cat([query, pooled.amax(dim=2), pooled.mean(dim=2), evidence], dim=1)
+        return self.mlp(features).squeeze(1)

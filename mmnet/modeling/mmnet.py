@@ -12,7 +12,7 @@ from mmnet.errors import MMNetError
 from mmnet.modeling.decoder import VisionLanguageDecoder
 from mmnet.modeling.fusion_neck import FusionNeck
 from mmnet.modeling.image_encoder import ImageEncoder, VisualFeatures
-from mmnet.modeling.mask_decoder import MultiMaskProjector, MultiQueryEstimator
+from mmnet.modeling.mask_decoder import MultiMaskProjector, MultiQueryEstimator, NoTargetHead
 from mmnet.modeling.query_generator import MultiQueryGenerator
 from mmnet.modeling.text_encoder import TextEncoder
 
@@ -23,7 +23,7 @@ PARTS = {
     "neck": ("fusion_neck",),
     "query generator": ("query_generator",),
     "decoder": ("decoder",),
-    "heads": ("projector", "estimator"),
+    "heads": ("projector", "estimator", "no_target_head"),
 }
 
 
@@ -39,6 +39,13 @@ class MMNetOutput(NamedTuple):
     """B x N_q, S_q (Eq. 15), summing to 1."""
     word_attention: torch.Tensor
     """B x N_q x L, A (Eq. 9), 0 on padding and summing to 1 over words."""
+    no_target: Optional[torch.Tensor] = None
+    """B, the logit that the expression refers to nothing in the image (``model.no_target``, an
+    extension for generalized referring segmentation); None for a model without that head."""
+
+    def take(self, rows: slice | torch.Tensor) -> "MMNetOutput":
+        """The outputs of the expressions ``rows`` (a slice or indices), the head's absence kept."""
+        return MMNetOutput(*(None if value is None else value[rows] for value in self))
 
 
 def mixture_logit(query_masks: torch.Tensor, log_scores: torch.Tensor) -> torch.Tensor:
@@ -85,6 +92,7 @@ class MMNet(nn.Module):
         num_queries: int,
         multi_mask: bool,
         mask_sum: str,
+        no_target_head: Optional[NoTargetHead] = None,
     ) -> None:
         """
         Args:
@@ -103,6 +111,8 @@ class MMNet(nn.Module):
                 single query that makes a single mask ("w/o MMP").
             mask_sum: Eq. 16 over ``probability`` (sum_n S_n sigmoid(mask_n)) or ``logit``
                 (sum_n S_n mask_n).
+            no_target_head: says whether the expression refers to nothing (generalized referring
+                segmentation, beyond the paper); None for the paper's single-target model.
         """
         super().__init__()
         self.image_encoder = image_encoder
@@ -117,6 +127,7 @@ class MMNet(nn.Module):
         self.num_queries = num_queries
         self.multi_mask = multi_mask
         self.mask_sum = mask_sum
+        self.no_target_head = no_target_head
 
     def encode_image(self, images: torch.Tensor) -> VisualFeatures:
         """
@@ -172,7 +183,12 @@ class MMNet(nn.Module):
                 logits = mixture_logit(query_masks, log_scores)  # Eq. 16
             else:
                 logits = (scores[:, :, None, None] * query_masks).sum(dim=1, keepdim=True)  # Eq. 16 over logits
-        return MMNetOutput(logits=logits, query_masks=query_masks, query_scores=scores, word_attention=word_attention)
+        no_target = None
+        if self.no_target_head is not None:
+            no_target = self.no_target_head(f_s, f_q, scores, logits)
+        return MMNetOutput(
+            logits=logits, query_masks=query_masks, query_scores=scores, word_attention=word_attention, no_target=no_target
+        )
 
     def compile(self, *args, **kwargs) -> None:
         """Compiles each part in place with ``torch.compile(*args, **kwargs)``.
