@@ -286,7 +286,10 @@ class Trainer:
         if is_best:
             state.best_miou = metrics["mIoU"]
         if self.ctx.is_main:
-            print(f"epoch {state.epoch}: val mIoU {metrics['mIoU']:.2f}, oIoU {metrics['oIoU']:.2f}", flush=True)
+            line = f"epoch {state.epoch}: val mIoU {metrics['mIoU']:.2f}, oIoU {metrics['oIoU']:.2f}"
+            if "gIoU" in metrics:  # a generalized set, or a model with the no-target head
+                line += "".join(f", {name} {metrics[name]:.2f}" for name in ("N-acc", "T-acc") if metrics[name] is not None)
+            print(line, flush=True)
         # best first: a kill between the two saves must not leave last claiming a best that is not saved
         self._save(*(("best", "last") if is_best else ("last",)))
 

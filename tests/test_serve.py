@@ -45,6 +45,28 @@ def test_answer_gives_the_overlay_the_queries_best_first_and_a_summary(tmp_path)
     assert "Downscaled" not in summary and "Cut at the context length" not in summary
 
 
+@pytest.mark.parametrize("bias", [5.0, -5.0])
+def test_answer_says_nothing_matches_when_the_no_target_head_fires(tmp_path, bias):
+    import numpy as np
+
+    from test_generalized import _predictor
+
+    predictor = _predictor(True, bias=bias)
+    overlay, queries, summary = answer(predictor, photo(tmp_path / "photo.png"), "the purple star", **LIMITS)
+    probability = 1 / (1 + np.exp(-bias))
+    assert f"o-target probability {probability:.2f}" in summary
+    assert ("nothing matches" in summary) == (bias > 0)
+    assert ("% of the image is the object" in summary) == (bias < 0)
+    assert len(queries) == 5  # each query's mask is still shown
+    # Nothing matches: the overlay of a probability of 0 everywhere, with no outline; else the probability's.
+    from mmnet.visualize import overlay as draw
+
+    result = predictor.predict(picture(), "the purple star")
+    shown = np.zeros_like(result.probability) if bias > 0 else result.probability
+    np.testing.assert_array_equal(np.asarray(overlay), np.asarray(draw(Image.fromarray(picture()), shown, threshold=result.threshold)))
+    assert not np.array_equal(shown, result.probability) or bias < 0
+
+
 def test_answer_asks_for_what_is_missing(tmp_path):
     predictor = tiny_predictor()
     with pytest.raises(gr.Error, match="Upload an image"):
