@@ -11,10 +11,16 @@ time give the FLOP/s it achieves. Peak memory comes from a fresh process per con
 each batch size.
 
     python benchmarks/inference.py                          # CPU: fp32
+    python benchmarks/inference.py --modes fp32-vs-bf16 --out benchmarks/results/inference_cpu_bf16.json
     python benchmarks/inference.py --device cuda            # GPU: fp32, bf16, bf16 + torch.compile
     python benchmarks/inference.py --backbones ViT-B-16 --repeats 3 --batches 1
     python benchmarks/inference.py --backbones RN50 --modes fp32+compile --out benchmarks/results/inference_cpu_compile.json
     python benchmarks/inference.py --resummarize benchmarks/results/inference_cpu.json
+
+The ``fp32-vs-bf16`` mode times, in turns in one process, the full model in fp32 and in bf16
+autocast, bf16 without channels_last, and bf16 compiled (``MMNet.compile``, inductor on a CPU):
+the bf16 speed-up, what channels_last and compiling add to it, the compiled model's first call
+(the compiler's cost), and the share of a bf16 matrix product's FLOP/s timed in the same run.
 
 Results: benchmarks/results/inference_<cpu|cuda>.json, and a table on stdout.
 """
@@ -47,20 +53,39 @@ def datasheet_bf16_tflops(gpu: str) -> float | None:
 
 
 class Plan(NamedTuple):
-    """One model to time: which variant, in which memory layout, compiled or not."""
+    """One model to time: which variant, in which memory layout, compiled or not, and in which
+    precision where the mode times both (None: the mode's own)."""
 
     variant: str
     channels_last: bool = True
     compiled: bool = False
+    precision: str | None = None
 
     @property
     def name(self) -> str:
-        return self.variant + ("" if self.channels_last else ", contiguous") + (", compiled" if self.compiled else "")
+        return (
+            self.variant
+            + ("" if self.channels_last else ", contiguous")
+            + (", compiled" if self.compiled else "")
+            + (f", {self.precision}" if self.precision else "")
+        )
+
+
+SIDE_BY_SIDE = "fp32-vs-bf16"
 
 
 def plans_for(mode: str) -> list[Plan]:
     """The full model and Nq 1 w/o MMP as ``mode`` runs them, then the full model without the
-    one optimisation the mode is about: channels_last in eager modes, compilation in compiled ones."""
+    one optimisation the mode is about: channels_last in eager modes, compilation in compiled ones.
+    ``fp32-vs-bf16``: the full model in fp32, in bf16, in bf16 without channels_last, and in bf16
+    compiled."""
+    if mode == SIDE_BY_SIDE:
+        return [
+            Plan(FULL, precision="fp32"),
+            Plan(FULL, precision="bf16"),
+            Plan(FULL, channels_last=False, precision="bf16"),
+            Plan(FULL, compiled=True, precision="bf16"),
+        ]
     compiled = mode.endswith("+compile")
     plans = [Plan(FULL, compiled=compiled), Plan(BARE, compiled=compiled)]
     plans.append(Plan(FULL, compiled=False) if compiled else Plan(FULL, channels_last=False))
@@ -84,7 +109,8 @@ def _inputs(config, batch: int, mode: str, device: torch.device, plan: Plan):
     images, tokens = inputs(config, batch, device)
     if plan.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, tokens, torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode.startswith("bf16"))
+    bf16 = (plan.precision or mode).startswith("bf16")
+    return images, tokens, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _forward(model, config, batch: int, mode: str, device: torch.device, plan: Plan):
@@ -157,8 +183,31 @@ def peak_memory(*, backbone: str, plan: Plan, device: str, batches: list[int], m
     return peak_memory_mb(device)
 
 
+def _paired(slow: dict, fast: dict) -> float:
+    """The median over repeats of slow / fast, each repeat's two runs timed in one round."""
+    return statistics.median(a / b for a, b in zip(slow["times_s"], fast["times_s"]))
+
+
+def summarize_side_by_side(results: list[dict], reference: dict) -> dict:
+    """fp32 against bf16 in one process: speed-ups (paired per round), first calls, FLOP/s shares."""
+    fp32, bf16, contiguous, compiled = (r["batches"] for r in results)
+    entry = {}
+    for b in fp32:
+        entry[f"bf16_speedup_batch_{b}"] = _paired(fp32[b], bf16[b])
+        entry[f"bf16_channels_last_speedup_batch_{b}"] = _paired(contiguous[b], bf16[b])
+        entry[f"bf16_compile_speedup_batch_{b}"] = _paired(bf16[b], compiled[b])
+        entry[f"bf16_compiled_speedup_over_fp32_batch_{b}"] = _paired(fp32[b], compiled[b])
+        entry[f"first_call_s_bf16_batch_{b}"] = bf16[b]["first_call_s"]
+        entry[f"first_call_s_bf16_compiled_batch_{b}"] = compiled[b]["first_call_s"]
+        entry[f"fraction_of_fp32_matmul_flops_fp32_batch_{b}"] = fp32[b]["achieved_gflops_per_s"] / reference["fp32_matmul_gflops_per_s"]
+        entry[f"fraction_of_bf16_matmul_flops_bf16_batch_{b}"] = bf16[b]["achieved_gflops_per_s"] / reference["bf16_matmul_gflops_per_s"]
+    return entry
+
+
 def summarize(results: list[dict], plans: list[Plan], mode: str, reference: dict) -> dict:
     """The ratios and shares of one backbone and mode, from the timings of its plans."""
+    if mode == SIDE_BY_SIDE:
+        return summarize_side_by_side(results, reference)
     full, bare = results[0]["batches"], results[1]["batches"]
     entry = {
         # time(Nq 1, w/o MMP) / time(full), paired per repeat, turned into full / bare
@@ -193,7 +242,7 @@ def resummarize(path: Path) -> None:
     for key in data["summary"]:
         backbone, mode = key.rsplit(" ", 1)
         runs = [run for run in data["runs"] if run["backbone"] == backbone and run["mode"] == mode]
-        plans = [Plan(run["variant"], run["channels_last"], run.get("compiled", False)) for run in runs]
+        plans = [Plan(run["variant"], run["channels_last"], run.get("compiled", False), run.get("precision")) for run in runs]
         data["summary"][key] = summarize(runs, plans, mode, data["reference"])
     path.write_text(json.dumps(data, indent=2))
     print(f"summary recomputed: {path}")
@@ -202,8 +251,8 @@ def resummarize(path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = arguments(__doc__, name="inference", batches_help="default: 1 8 on a CPU, 1 8 32 on a GPU", warmup=2, repeats=5)
     parser.add_argument(
-        "--modes", nargs="+", choices=["fp32", "fp32+compile", "bf16", "bf16+compile"],
-        help="default: fp32 on a CPU; fp32, bf16 and bf16+compile on a GPU",
+        "--modes", nargs="+", choices=["fp32", "fp32+compile", "bf16", "bf16+compile", SIDE_BY_SIDE],
+        help=f"default: fp32 on a CPU; fp32, bf16 and bf16+compile on a GPU; {SIDE_BY_SIDE}: both in turns, with channels_last and compile",
     )
     parser.add_argument("--decode-repeats", type=int, default=15, help="timed decode-only runs of the full model and Nq 1 w/o MMP (default 15)")
     parser.add_argument("--peak-bf16-tflops", type=float, help="the GPU's dense bf16 peak, where the built-in datasheet table lacks it")
@@ -222,6 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     reference = {"fp32_matmul_gflops_per_s": matmul_flops(device) / 1e9}
     if device.type == "cuda":
         reference["bf16_matmul_gflops_per_s"] = matmul_flops(device, torch.bfloat16, size=8192) / 1e9
+    elif SIDE_BY_SIDE in modes or any(mode.startswith("bf16") for mode in modes):
+        # 2048^3, as docs/performance.md's CPU table: a CPU without AMX or AVX512-BF16 emulates it slowly.
+        reference["bf16_matmul_gflops_per_s"] = matmul_flops(device, torch.bfloat16, size=2048) / 1e9
+        print(f"2048 x 2048 bf16 matrix product: {reference['bf16_matmul_gflops_per_s']:.1f} GFLOP/s", flush=True)
+    if device.type == "cuda":
         peak = args.peak_bf16_tflops or datasheet_bf16_tflops(torch.cuda.get_device_name(device))
         if peak:
             reference["bf16_datasheet_peak_gflops_per_s"] = peak * 1e3

@@ -251,6 +251,9 @@ class Config:
         self.eval.validate()
         if self.data.num_workers < 0:
             raise ConfigError(f"data.num_workers must not be negative, got {self.data.num_workers}")
+        if self.model.no_target and self.train.no_target_weight == 0:
+            # A head no loss reaches would never learn, and leaves weights without gradients under DDP.
+            raise ConfigError("model.no_target needs train.no_target_weight above 0: nothing else trains its head")
         return self
 
 

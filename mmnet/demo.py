@@ -59,7 +59,7 @@ def demo(
 
     panels = sorted((out / "vis" / "val").glob("*.png"), key=lambda p: int(p.stem))[:examples]
     stack([Image.open(p) for p in panels]).save(out / "predictions.png")
-    dataset = f"mmnet data synth --seed {seed} --images {' '.join(map(str, images))} --size {size[0]} {size[1]}"
+    dataset = f"mmnet data synth --name {config.data.dataset} --seed {seed} --images {' '.join(map(str, images))} --size {size[0]} {size[1]}"
     dataset += " --generalized" if generalized else ""
     report = _report(config, experiment, seconds, dataset)
     (out / "report.md").write_text(report)

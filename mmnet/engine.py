@@ -111,8 +111,8 @@ def batch_plan(config: Config, world_size: int) -> tuple[int, int]:
 
 
 def loss_function(config: Config, *, has_estimator: bool) -> Callable[[MMNetOutput, torch.Tensor], dict]:
-    """``mmnet_loss`` with the run's settings: ``(outputs, masks)`` gives the loss parts of a
-    micro-batch, ``loss`` their sum."""
+    """``mmnet_loss`` with the run's settings: ``(outputs, masks, no_target=None)`` gives the loss
+    parts of a micro-batch, ``loss`` their sum."""
     return functools.partial(
         mmnet_loss,
         query_loss=config.train.query_loss,
@@ -210,9 +210,10 @@ def forward_backward(
     images = batch["image"].to(ctx.device, non_blocking=True)
     tokens = batch["tokens"].to(ctx.device, non_blocking=True)
     masks = batch["mask"].to(ctx.device, non_blocking=True)
+    no_target = (batch["objects"] == 0).to(ctx.device, non_blocking=True) if "objects" in batch else None
     with autocast(ctx.device, precision):
         outputs = model(images, tokens)
-    loss = loss_fn(outputs, masks)["loss"]
+    loss = loss_fn(outputs, masks, no_target=no_target)["loss"]
     (loss / accumulation).backward()
     return loss.detach(), batch_iou(outputs.logits, masks, threshold).mean()
 

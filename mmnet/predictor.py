@@ -61,7 +61,7 @@ class Prediction:
     """The probability that the expression refers to nothing in the image, from a model with the
     no-target head (``model.no_target``); None for the paper's single-target model."""
     no_target: bool = False
-    """Nothing in the image matches: ``no_target_probability`` above ``config.eval.no_target_threshold``."""
+    """Nothing in the image matches: ``no_target_probability`` above the predictor's ``no_target_threshold``."""
 
 
 def as_image(image: ImageInput) -> Image.Image:
@@ -86,6 +86,7 @@ class Predictor:
         device: Optional[str | torch.device] = None,
         threshold: Optional[float] = None,
         compile: Optional[bool] = None,
+        no_target_threshold: Optional[float] = None,
     ):
         """
         Args:
@@ -93,6 +94,8 @@ class Predictor:
             config: its settings (the image size and context length come from ``config.model``).
             device: where to run; default the GPU when there is one.
             threshold: probability above which a pixel is the object (default ``config.eval.threshold``).
+            no_target_threshold: for a model with the no-target head, the probability of "nothing
+                matches" above which the mask is left empty (default ``config.eval.no_target_threshold``).
             compile: compile ``model``'s parts in place with torch.compile (default
                 ``config.eval.compile``); the first prediction at each batch size waits for it.
         """
@@ -100,8 +103,10 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.config = config
         self.threshold = config.eval.threshold if threshold is None else threshold
-        if not 0 < self.threshold < 1:
-            raise ConfigError(f"threshold must lie between 0 and 1, got {self.threshold}")
+        self.no_target_threshold = config.eval.no_target_threshold if no_target_threshold is None else no_target_threshold
+        for name in ("threshold", "no_target_threshold"):
+            if not 0 < getattr(self, name) < 1:
+                raise ConfigError(f"{name} must lie between 0 and 1, got {getattr(self, name)}")
         self.letterbox = Letterbox(config.model.image_size)
         if config.eval.compile if compile is None else compile:
             self.model.compile()
@@ -114,12 +119,13 @@ class Predictor:
         device: Optional[str | torch.device] = None,
         threshold: Optional[float] = None,
         compile: Optional[bool] = None,
+        no_target_threshold: Optional[float] = None,
         **hub_options,
     ) -> "Predictor":
         """From a checkpoint directory, a training run's folder, or a Hub repository id
         (``hub_options``: ``revision``, ``cache_dir``, ``token``, ... of ``snapshot_download``)."""
         model, config = load_pretrained(name, **hub_options)
-        return cls(model, config, device=device, threshold=threshold, compile=compile)
+        return cls(model, config, device=device, threshold=threshold, compile=compile, no_target_threshold=no_target_threshold)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(self.model, self.config, directory)
@@ -155,7 +161,7 @@ class Predictor:
                 outputs,
                 [geometry] * chunk.shape[0],
                 threshold=self.threshold,
-                no_target_threshold=self.config.eval.no_target_threshold,
+                no_target_threshold=self.no_target_threshold,
                 queries=True,
             )
             for b, segmentation in enumerate(shown):

@@ -133,3 +133,14 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     write_synthetic(root, name="synthref", seed=3, images=(6, 2, 2, 2), width=128, height=96, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def generalized_root(tmp_path_factory) -> Path:
+    """The generalized set of ``synth_root``'s arguments: <root>/synthgref in gRefCOCO's layout,
+    with expressions that name several shapes or none."""
+    from mmnet.data.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("generalized")
+    write_synthetic(root, name="synthgref", seed=3, images=(6, 2, 2, 2), width=128, height=96, generalized=True, progress=False)
+    return root

@@ -61,6 +61,8 @@ def test_a_file_extends_its_base_and_round_trips(tmp_path):
         ("train.query_loss=worst", r"train.query_loss must be one of none, all, best; got 'worst'"),
         ("train.dice_weight=-1", r"train.dice_weight must not be negative"),
         ("train.target_resize=bilinear", r"train.target_resize must be one of area, nearest; got 'bilinear'"),
+        ("eval.no_target_threshold=0", r"eval.no_target_threshold must lie between 0 and 1"),
+        ("train.no_target_weight=-1", r"train.no_target_weight must not be negative"),
         ("modelnum_queries", r"not of the form section.key=value"),
         ("optimizer.lr=1", r"unknown setting 'optimizer'"),
     ],
@@ -68,6 +70,12 @@ def test_a_file_extends_its_base_and_round_trips(tmp_path):
 def test_bad_settings_are_refused_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_a_no_target_head_without_its_loss_is_refused():
+    with pytest.raises(ConfigError, match="model.no_target needs train.no_target_weight above 0"):
+        load_config(None, ["model.no_target=true", "train.no_target_weight=0"])
+    assert load_config(None, ["model.no_target=false", "train.no_target_weight=0"]).train.no_target_weight == 0
 
 
 def test_bad_files_are_refused_with_their_path(tmp_path):

@@ -111,8 +111,8 @@ def test_two_batches_accumulate_to_the_means_of_one_batch_of_both():
     )
     whole, split = QueryDiagnostics(), QueryDiagnostics()
     whole.update(outputs=outputs, tokens=tokens)
-    split.update(outputs=MMNetOutput(*(v[:1] for v in outputs)), tokens=tokens[:1])
-    split.update(outputs=MMNetOutput(*(v[1:] for v in outputs)), tokens=tokens[1:])
+    split.update(outputs=outputs.take(slice(0, 1)), tokens=tokens[:1])
+    split.update(outputs=outputs.take(slice(1, None)), tokens=tokens[1:])
     assert list(whole.summary()) == list(DIAGNOSTIC_NAMES)
     assert split.summary() == pytest.approx(whole.summary())
 

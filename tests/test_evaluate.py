@@ -76,7 +76,8 @@ def test_collated_expressions_point_at_their_image():
             "geometry": letterbox_geometry(height=4, width=4, size=4),
             "image_id": image_id,
             "expressions": [
-                {"tokens": torch.tensor([t]), "mask": torch.zeros(4, 4), "ref_id": t, "sent_id": 10 * t, "sentence": str(t)} for t in texts
+                {"tokens": torch.tensor([t]), "mask": torch.zeros(4, 4), "objects": 1, "ref_id": t, "sent_id": 10 * t, "sentence": str(t)}
+                for t in texts
             ],
         }
 
@@ -96,7 +97,7 @@ def test_segment_maps_each_expression_to_its_own_image_size():
     torch.testing.assert_close(first.probability, logits[0, 0].sigmoid())
     assert first.mask.tolist() == [[False, False], [True, True]]  # sigmoid(0) = 0.5 is not above 0.5
     assert second.probability.shape == (1, 2) and first.query_probabilities is None
-    (shown,) = segment(MMNetOutput(*(v[:1] for v in outputs)), [square], threshold=0.5, queries=True)
+    (shown,) = segment(outputs.take(slice(0, 1)), [square], threshold=0.5, queries=True)
     torch.testing.assert_close(shown.query_probabilities, logits[0].sigmoid().expand(3, 2, 2))
     torch.testing.assert_close(probabilities(logits[0], square), logits[0].sigmoid())
     with pytest.raises(ValueError, match="1 geometries for 2 expressions"):

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mmnet import Predictor
 from mmnet.checkpoint import load_pretrained, save_pretrained
@@ -95,6 +94,31 @@ def test_loss_adds_the_bce_of_the_no_target_logit_against_an_empty_truth_and_rea
     assert "no_target" not in mmnet_loss(plain, masks, query_loss="none", query_loss_weight=0.0, score_loss_weight=0.0, no_target_weight=1.0)
 
 
+def test_the_no_target_label_comes_from_the_dataset_where_it_says():
+    model = build_tiny(seed=0, no_target=True)
+    outputs = model(random_images(2), tokens_for(TEXTS[:2]))
+    masks = torch.ones(2, 1, 64, 64)  # neither empty: only the labels say which names nothing
+    labels = torch.tensor([False, True])
+    parts = mmnet_loss(
+        outputs, masks, query_loss="none", query_loss_weight=0.0, score_loss_weight=0.0, no_target_weight=1.0, no_target=labels
+    )
+    z = outputs.no_target.detach()
+    by_hand = -(torch.log(1 - torch.sigmoid(z[0])) + torch.log(torch.sigmoid(z[1]))) / 2
+    torch.testing.assert_close(parts["no_target"].detach(), by_hand)
+
+
+def test_training_samples_say_how_many_objects_they_name(generalized_root):
+    from mmnet.data.datasets import ReferTrainDataset
+    from mmnet.data.refer import ReferIndex
+
+    index = ReferIndex.load(generalized_root, "synthgref", "unc", progress=False)
+    dataset = ReferTrainDataset(index, split="train", image_size=64, context_length=17)
+    items = [dataset[i] for i in range(len(dataset))]
+    assert [item["objects"] for item in items] == [len(ref.ann_ids) for ref in dataset.refs]
+    assert {0, 1} <= {item["objects"] for item in items} and max(item["objects"] for item in items) > 1
+    assert all((item["mask"].sum() == 0) == (item["objects"] == 0) for item in items)
+
+
 def test_segment_empties_the_mask_where_the_no_target_probability_passes_its_threshold():
     logits = torch.full((2, 1, 8, 8), 4.0)  # every pixel the object
     outputs = MMNetOutput(
@@ -160,19 +184,26 @@ def test_a_checkpoint_with_the_head_round_trips(tmp_path):
     assert a.no_target_probability == b.no_target_probability
 
 
-@pytest.mark.parametrize("bias, said", [(5.0, "nothing matches (no-target probability 0.99)"), (-5.0, "(no-target probability 0.01)")])
-def test_predict_command_says_nothing_matches(tmp_path, capsys, bias, said):
+@pytest.mark.parametrize(
+    "bias, options, said, empty",
+    [
+        (5.0, [], "nothing matches (no-target probability 0.99)", True),
+        (-5.0, [], "(no-target probability 0.01)", False),
+        (5.0, ["--no-target-threshold", "0.999"], "% of the image (no-target probability 0.99)", False),
+    ],
+)
+def test_predict_command_says_nothing_matches(tmp_path, capsys, bias, options, said, empty):
     from PIL import Image
 
     predictor = _predictor(True, bias=bias)
     save_pretrained(predictor.model, predictor.config, tmp_path / "ckpt")
     Image.fromarray(_picture()).save(tmp_path / "photo.png")
     args = ["predict", "--checkpoint", str(tmp_path / "ckpt"), "--image", str(tmp_path / "photo.png"), "--text", TEXTS[1]]
-    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert main([*args, *options, "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert said in printed
     mask = np.asarray(Image.open(next((tmp_path / "out").glob("*_mask.png"))))
-    assert (mask.max() == 0) == (bias > 0)
+    assert (mask.max() == 0) == empty
 
 
 # --- the GRES metrics, by hand -------------------------------------------------------------------
@@ -213,21 +244,59 @@ def test_gres_metrics_refuse_inconsistent_input():
         summarize([1], [2], no_target=[False])
 
 
-def test_evaluation_reports_gres_metrics_for_a_model_with_the_head():
-    from mmnet.evaluate import _record, evaluate  # noqa: F401  (the record is what the metrics read)
+def test_predictor_refuses_a_no_target_threshold_outside_0_1():
+    from mmnet.config import ConfigError
 
-    predictor = _predictor(True, bias=5.0)
-    outputs = predictor.model(random_images(1), tokens_for(TEXTS[:1]))
-    geometry = letterbox_geometry(height=64, width=64, size=64)
-    (segmentation,) = segment(outputs, [geometry], threshold=0.35)
-    truth = torch.zeros(64, 64, dtype=torch.uint8)
-    batch = {"sent_id": [7], "ref_id": [3], "image_id": [1], "image_index": torch.tensor([0]), "objects": [0], "mask": [truth]}
-    record = _record(batch, 0, segmentation)
-    assert record["objects"] == 0 and record["predicted_area"] == 0 and record["iou"] == 1.0
-    assert record["no_target_probability"] == pytest.approx(float(torch.sigmoid(torch.tensor(5.0))), abs=1e-6)
+    predictor = _predictor(True)
+    with pytest.raises(ConfigError, match="no_target_threshold must lie between 0 and 1, got 1.5"):
+        Predictor(predictor.model, predictor.config, device="cpu", no_target_threshold=1.5)
 
 
-def test_eval_config_checks_the_no_target_threshold():
-    with pytest.raises(ValueError, match="eval.no_target_threshold must lie between 0 and 1"):
-        EvalConfig(no_target_threshold=1.0).validate()
-    assert F is not None
+@pytest.mark.parametrize("bias", [5.0, -5.0])
+def test_evaluation_reports_gres_metrics_from_the_dataset_and_the_head(generalized_root, bias):
+    from mmnet import distributed
+    from mmnet.config import DataConfig
+    from mmnet.data.refer import ReferIndex
+    from mmnet.evaluate import evaluate, split_loader
+
+    cpu = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    config = Config(
+        model=tiny_model_config(num_queries=5, no_target=True),
+        data=DataConfig(root=str(generalized_root), dataset="synthgref", split_by="unc", num_workers=0),
+        eval=EvalConfig(batch_size=8, threshold=1e-6),
+    )
+    index = ReferIndex.from_config(config.data, progress=False)
+    model = _predictor(True, bias=bias).model
+    metrics, records = evaluate(
+        model=model, loader=split_loader(index, "val", config, cpu), ctx=cpu, threshold=1e-30, precision="fp32", no_target_threshold=0.5
+    )
+    # The records carry each expression's count of objects, as the index has it.
+    objects = {s.sent_id: len(index.ref(s.ref_id).ann_ids) for s in index.sentences("val")}
+    assert {r["sent_id"]: r["objects"] for r in records} == objects
+    assert 0 < sum(n == 0 for n in objects.values()) < len(objects)  # both kinds, so both accuracies are defined
+    assert metrics["no_target_count"] == sum(n == 0 for n in objects.values())
+    if bias > 0:  # "nothing" everywhere: every no-target expression right, every other wrong
+        assert all(r["predicted_area"] == 0 for r in records)
+        assert metrics["N-acc"] == 100.0 and metrics["T-acc"] == 0.0
+        assert metrics["gIoU"] == pytest.approx(100 * metrics["no_target_count"] / len(records))
+    else:  # at this threshold (1e-30) every mask holds pixels: every no-target expression wrong
+        assert all(r["predicted_area"] > 0 for r in records)
+        assert metrics["N-acc"] == 0.0 and metrics["T-acc"] == 100.0
+    assert metrics["gIoU"] == pytest.approx(metrics["mIoU"]) and metrics["cIoU"] == pytest.approx(metrics["oIoU"])
+
+
+def test_a_single_target_model_on_a_single_target_set_reports_no_gres_metrics(synth_root):
+    from mmnet import distributed
+    from mmnet.config import DataConfig
+    from mmnet.data.refer import ReferIndex
+    from mmnet.evaluate import evaluate, split_loader
+
+    cpu = distributed.Context(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    config = Config(
+        model=tiny_model_config(num_queries=5),
+        data=DataConfig(root=str(synth_root), dataset="synthref", split_by="unc", num_workers=0),
+        eval=EvalConfig(batch_size=8),
+    )
+    index = ReferIndex.from_config(config.data, progress=False)
+    metrics, records = evaluate(model=_predictor(False).model, loader=split_loader(index, "val", config, cpu), ctx=cpu, threshold=0.35, precision="fp32")
+    assert "gIoU" not in metrics and all(r["objects"] == 1 and r["no_target_probability"] is None for r in records)

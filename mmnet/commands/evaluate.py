@@ -10,7 +10,7 @@ from mmnet.commands._options import add_config, add_device
 
 
 def add_parser(commands) -> None:
-    parser = commands.add_parser("eval", help="mIoU, oIoU and Pr@0.5-0.9 of a checkpoint on dataset splits")
+    parser = commands.add_parser("eval", help="mIoU, oIoU and Pr@0.5-0.9 of a checkpoint on dataset splits (and gIoU, cIoU, N-acc, T-acc on gRefCOCO)")
     add_config(parser)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/x/best)")
     parser.add_argument("--split", action="append", required=True, help="split name; repeat for several")

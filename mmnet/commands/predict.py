@@ -15,6 +15,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--text", action="append", required=True, help="an expression; repeat for several about the same image")
     parser.add_argument("--out", default="predictions", help="folder for a mask PNG and an overlay per expression (default predictions/)")
     parser.add_argument("--threshold", type=float, help="probability above which a pixel is the object (default: the checkpoint's eval.threshold)")
+    parser.add_argument(
+        "--no-target-threshold", type=float,
+        help="with a no-target head: probability of 'nothing matches' above which the mask is left empty "
+        "(default: the checkpoint's eval.no_target_threshold)",
+    )
     add_device(parser)
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -51,7 +56,9 @@ def run(args) -> int:
     from mmnet.data.tokenizer import word_tokens
     from mmnet.predictor import Predictor, as_image
 
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, threshold=args.threshold, compile=args.compile)
+    predictor = Predictor.from_pretrained(
+        args.checkpoint, device=args.device, threshold=args.threshold, compile=args.compile, no_target_threshold=args.no_target_threshold
+    )
     image = as_image(args.image)
     predictions = predictor.predict(image, list(args.text))
     out = Path(args.out)

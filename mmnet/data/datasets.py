@@ -71,7 +71,8 @@ class ReferTrainDataset(_ReferSamples):
         return len(self.refs)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        """Returns image: float 3 x S x S, tokens: int64 L, mask: float 1 x S x S in {0, 1} (padding 0)."""
+        """Returns image: float 3 x S x S, tokens: int64 L, mask: float 1 x S x S in {0, 1} (padding 0),
+        objects: how many objects the expression names (0 for a gRefCOCO ref to nothing)."""
         ref = self.refs[i]
         choice = np.random.default_rng([self.seed, self.epoch, i]).integers(len(ref.sentences))
         image, geometry = self._image(ref.image_id)
@@ -79,6 +80,7 @@ class ReferTrainDataset(_ReferSamples):
             "image": image,
             "tokens": self._tokens(ref.sentences[choice]),
             "mask": self.letterbox.mask(self.index.mask(ref.ref_id), geometry),
+            "objects": len(ref.ann_ids),
         }
 
 

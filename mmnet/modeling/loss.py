@@ -3,6 +3,8 @@ optionally supervision of each query's own mask and of the estimator's choice.""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +73,7 @@ def mmnet_loss(
     dice_weight: float = 0.0,
     target_resize: str = "area",
     no_target_weight: float = 0.0,
+    no_target: Optional[torch.Tensor] = None,
 ) -> dict[str, torch.Tensor]:
     """The loss of one batch and its parts (scalars).
 
@@ -85,8 +88,9 @@ def mmnet_loss(
     an estimator (w/o MQE) is trained with ``score_loss_weight`` 0, which leaves out the score term.
 
     A model with the no-target head adds ``no_target_weight`` x the binary cross-entropy of its
-    logit against whether the sample's ground truth is empty (the expression refers to nothing);
-    the BCE on y then also pulls such a sample's mask toward empty.
+    logit against ``no_target`` (B booleans: the expression refers to nothing, as the dataset
+    says), or where that is not given, against whether the sample's ground truth is empty; the BCE
+    on y also pulls such a sample's mask toward empty.
     """
     parts = {"mask": mask_loss(outputs.logits, masks, dice_weight=dice_weight, resize=target_resize)}
     query_masks, scores = outputs.query_masks, outputs.query_scores
@@ -103,7 +107,8 @@ def mmnet_loss(
                 log_scores = scores.float().clamp_min(1e-12).log()
                 parts["score"] = score_loss_weight * F.nll_loss(log_scores, best)
     if outputs.no_target is not None and no_target_weight > 0:
-        empty = (masks.flatten(1).amax(dim=1) <= 0).float()
-        parts["no_target"] = no_target_weight * F.binary_cross_entropy_with_logits(outputs.no_target.float(), empty)
+        # From the dataset where it says: a tiny object can vanish from a mask resized to the input.
+        empty = no_target if no_target is not None else masks.flatten(1).amax(dim=1) <= 0
+        parts["no_target"] = no_target_weight * F.binary_cross_entropy_with_logits(outputs.no_target.float(), empty.float())
     parts["loss"] = sum(parts.values())
     return parts
