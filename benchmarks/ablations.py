@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import platform
 import shlex
 import shutil
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +36,9 @@ import torch
 
 from mmnet.config import paper_text_overrides
 from mmnet.experiment import EVAL_SPLITS as SPLITS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeps import read_runs, train_in_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_NAME = "Nq = 24 (full model)"
@@ -119,7 +120,7 @@ def run(args) -> dict:
     if unknown:
         raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(r[0] for r in RUNS)}")
     done_file = Path(args.runs_file)
-    done = _read_done(done_file, args)
+    done = read_runs(done_file, _settings(args))
     tasks = [
         dict(name=name, overrides=overrides, seed=seed, config=args.config, data_root=str(data_root), out=str(out), epochs=args.epochs, threads=args.threads)
         for seed in args.seeds
@@ -127,14 +128,9 @@ def run(args) -> dict:
         if (name, seed) not in done and not args.report_only
     ]
     print(f"{len(tasks)} runs to train ({len(done)} done before) in {args.jobs} processes", flush=True)
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(train_and_evaluate, **task) for task in tasks]):
-            result = future.result()
-            result["settings"] = _settings(args)
-            with done_file.open("a") as f:
-                f.write(json.dumps(result) + "\n")
-            done[(result["name"], result["seed"])] = result
-            print(f"== {result['name']}, seed {result['seed']}: testA mIoU {result['metrics']['testA']['mIoU']:.2f}", flush=True)
+    announce = lambda r: f"== {r['name']}, seed {r['seed']}: testA mIoU {r['metrics']['testA']['mIoU']:.2f}"  # noqa: E731
+    for result in train_in_processes(train_and_evaluate, tasks, jobs=args.jobs, runs_file=done_file, settings=_settings(args), announce=announce):
+        done[(result["name"], result["seed"])] = result
     runs = [done[(name, seed)] for name, _, _ in wanted for seed in args.seeds if (name, seed) in done]
     return {
         # The command that trains what the table shows (a report-only call reads it back).
@@ -159,17 +155,6 @@ def _settings(args) -> dict:
         "data_seed": args.data_seed,
         "config": str(config.relative_to(REPO)) if config.is_relative_to(REPO) else args.config,
     }
-
-
-def _read_done(path: Path, args) -> dict:
-    """The runs already in ``path`` that were made with the same settings."""
-    done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            result = json.loads(line)
-            if result.get("settings") == _settings(args):
-                done[(result["name"], result["seed"])] = result
-    return done
 
 
 def summary(results: dict) -> dict[str, dict]:

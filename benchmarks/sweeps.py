@@ -1,0 +1,39 @@
+"""What the training sweeps (ablations.py, generalized.py) share: runs trained in a pool of
+processes, each appended to a runs file as it ends, and the runs of a file made with the same
+settings read back, so that a stopped sweep continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable
+
+
+def read_runs(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
+    """The runs in ``path`` made with ``settings``, by (name, seed)."""
+    done = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            result = json.loads(line)
+            if result.get("settings") == settings:
+                done[(result["name"], result["seed"])] = result
+    return done
+
+
+def train_in_processes(
+    function: Callable[..., dict], tasks: list[dict], *, jobs: int, runs_file: Path, settings: dict, announce: Callable[[dict], str]
+) -> list[dict]:
+    """Runs ``function(**task)`` for every task in ``jobs`` fresh processes; appends each result,
+    with ``settings``, to ``runs_file`` as it ends and prints ``announce(result)``."""
+    results = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(function, **task) for task in tasks]):
+            result = {**future.result(), "settings": settings}
+            runs_file.parent.mkdir(parents=True, exist_ok=True)
+            with runs_file.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+            results.append(result)
+            print(announce(result), flush=True)
+    return results
