@@ -146,8 +146,10 @@ def test_configs_cover_every_dataset_and_backbone_of_table_1():
 def test_every_config_builds_at_the_paper_settings(path):
     config = load_config(path)
     assert isinstance(config, Config)
-    assert config.model.context_length == (22 if config.data.dataset == "refcocog" else 17)
-    if path.stem != "demo":  # Section 4.1
+    # G-Ref's and gRefCOCO's expressions are longer than RefCOCO's.
+    assert config.model.context_length == (22 if config.data.dataset in ("refcocog", "grefcoco") else 17)
+    assert config.model.no_target == (config.data.dataset in ("grefcoco", "synthgref"))
+    if not path.stem.startswith("demo"):  # Section 4.1
         m, t = config.model, config.train
         assert m.image_size == (476 if m.backbone == "ViT-L-14" else 480)
         assert (m.hidden_dim, m.num_heads, m.ffn_dim, m.decoder_layers, m.num_queries) == (512, 8, 2048, 3, 24)

@@ -390,6 +390,32 @@ def test_demo_writes_a_report_and_pictures(tmp_path):
         assert sheet.size == (TEXT + (3 + 4) * (TILE + GAP), 2 * (TILE + CAPTION) + 8)
 
 
+def test_generalized_demo_reports_the_gres_metrics_and_draws_each_kind_of_expression(tmp_path):
+    from PIL import Image
+
+    from mmnet.cli import main
+    from mmnet.data.refer import ReferIndex
+
+    out = tmp_path / "demo"
+    code = main(
+        ["demo", "--generalized", "--out", str(out), "--images", "6", "4", "2", "2", "--size", "128", "96", "--examples", "3",
+         "train.epochs=1", "train.batch_size=4", "model.image_size=64", "model.hidden_dim=32", "data.num_workers=0",
+         "train.tensorboard=false"]
+    )
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "| split | mIoU | oIoU |" in report and "| gIoU | cIoU | N-acc | T-acc | expressions |" in report
+    assert "--name synthgref" in report and "--generalized" in report
+    # One row for each kind of expression that val holds: one shape, several, none.
+    index = ReferIndex.load(out / "data", "synthgref", "unc", progress=False)
+    kinds = {min(len(index.ref(s.ref_id).ann_ids), 2) for s in index.sentences("val")}
+    assert len(kinds) >= 2
+    rows = len(sorted((out / "vis" / "val").glob("*.png")))
+    assert rows == len(kinds)
+    with Image.open(out / "predictions.png") as sheet:
+        assert sheet.size[1] == rows * (TILE + CAPTION) + 8 * (rows - 1)
+
+
 def test_weights_of_another_model_are_refused_naming_the_file(tmp_path):
     from mmnet.checkpoint import load_weights, save_checkpoint
     from tiny import build_tiny
