@@ -71,10 +71,11 @@ def test_a_seeded_tiny_model_gives_the_stored_numbers(backbone):
             assert now[name] == pytest.approx(expected, rel=1e-4, abs=1e-5), name
             continue
         assert now[name]["shape"] == expected["shape"], name
-        # Tolerances for another CPU's order of sums, far below any change of the model; scores
-        # and attention weights (at most 1) get a tolerance below their smallest values.
+        # Tolerances for another CPU's or thread count's order of sums (one thread moves the
+        # ViT's scores by up to 1.8e-4 relative), far below any change of the model; scores and
+        # attention weights (at most 1) get an absolute tolerance below their smallest values.
         tolerance = 1e-7 if name in ("query_scores", "word_attention") else 1e-4
-        assert now[name]["values"] == pytest.approx(expected["values"], rel=1e-4, abs=tolerance), name
+        assert now[name]["values"] == pytest.approx(expected["values"], rel=1e-3, abs=tolerance), name
         for checksum in ("abs_sum", "weighted_sum"):
             assert now[name][checksum] == pytest.approx(expected[checksum], rel=1e-4, abs=1e-3), name
 
