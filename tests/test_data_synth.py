@@ -284,7 +284,21 @@ def test_about_a_tenth_of_the_expressions_are_multi_target_and_a_tenth_no_target
     assert 0.07 <= counts["multi"] / total <= 0.13 and 0.07 <= counts["none"] / total <= 0.13, counts
 
 
+def _head_and_landmark(text):
+    """The noun phrase an expression names, without its position, and its landmark (or None)."""
+    for phrase in RELATIONS:
+        if f" {phrase} the " in text:
+            head, landmark = text.split(f" {phrase} the ")
+            return head.removeprefix("the "), landmark
+    for phrase in EXTREMES:
+        text = text.replace(phrase, "")
+    return text.removeprefix("the ").strip(), None
+
+
 def test_each_group_expression_fits_exactly_its_shapes_and_each_no_target_expression_none(generalized):
+    from collections import Counter
+
+    forms = Counter()
     _, items, grefs = generalized
     by_image = {item.image_id: item for item in items}
     first_ann_id = {}
@@ -303,10 +317,16 @@ def test_each_group_expression_fits_exactly_its_shapes_and_each_no_target_expres
                 sides += any(text.endswith(phrase) for phrase in SIDES)
         elif _kind(ref) == "none":
             [text] = texts
-            assert _fitting(text, item.shapes) == [], (item.file_name, text)
-            # A near miss: each word on its own finds a shape.
-            assert all(_fitting(w, item.shapes) for w in text.split() if w != "the"), (item.file_name, text)
+            head, landmark = _head_and_landmark(text)
+            forms[(landmark is not None, head != text.removeprefix("the ").strip() and landmark is None)] += 1
+            assert _fitting(head, item.shapes) == [], (item.file_name, text)
+            # A near miss: each word on its own finds a shape; a landmark is one shape.
+            assert all(_fitting(w, item.shapes) for w in head.split() if w != "the"), (item.file_name, text)
+            assert landmark is None or len(_fitting(landmark, item.shapes)) == 1, (item.file_name, text)
     assert sides > 0
+    # No-target expressions come in every form single-target ones do: attributes alone, with a
+    # position, with a relation.
+    assert all(forms[form] > 0 for form in ((False, False), (False, True), (True, False))), forms
 
 
 def test_grefs_holds_lists_of_ids_and_minus_one_for_no_target(generalized, tmp_path):

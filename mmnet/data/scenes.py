@@ -210,14 +210,19 @@ def _side_cluster(group: list[Shape], direction: tuple[int, int], margin: float)
 
 
 def describe_absent(shapes: list[Shape], rng: np.random.Generator) -> dict[str, list[str]]:
-    """Expressions that fit no shape, by the attribute set they name ("colour kind", ...): near misses.
+    """Expressions that fit no shape, by their form, as ``describe`` sorts those that fit one:
+    attributes alone, with a position, or with a relation to a landmark.
 
     Each names two or three attributes of ABSENT_NOUN_PHRASES, each value present in the image on
     some shape but no shape with them all ("the purple circle" beside a purple square and a red
     circle); one that names three also has some shape with two of them ("the small red square"
-    beside a big red square).
+    beside a big red square). The same near miss comes in every form ("the purple circle on the
+    left", "the purple circle above the red square"), so that the form of an expression never says
+    whether anything fits it: only the picture does.
     """
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = {"attributes": [], "position": [], "relation": []}
+    # Landmarks as describe() takes them: shapes that colour and kind name alone.
+    landmarks = [s for s in shapes if sum(o.colour == s.colour and o.kind == s.kind for o in shapes) == 1]
     for attributes in ABSENT_NOUN_PHRASES:
         present = [sorted({getattr(s, a) for s in shapes}) for a in attributes]
         for values in product(*present):
@@ -225,8 +230,14 @@ def describe_absent(shapes: list[Shape], rng: np.random.Generator) -> dict[str, 
             fitting = [sum(getattr(s, a) == v for a, v in wanted.items()) for s in shapes]
             if max(fitting) == len(attributes) or (len(attributes) == 3 and max(fitting) < 2):
                 continue
-            text = str(rng.choice(["the {np}", "{np}"])).format(np=_phrase(wanted, rng))
-            found.setdefault(" ".join(attributes), []).append(text)
+            np_words = _phrase(wanted, rng)
+            found["attributes"].append(str(rng.choice(["the {np}", "{np}"])).format(np=np_words))
+            position = str(rng.choice(list(POSITION_PHRASES)))
+            found["position"].append(str(rng.choice(POSITION_PHRASES[position])).format(np=np_words))
+            if landmarks:
+                landmark = landmarks[int(rng.integers(len(landmarks)))]
+                relation = RELATION_PHRASES[str(rng.choice(list(RELATION_PHRASES)))]
+                found["relation"].append(f"the {np_words} {relation} the {_noun_phrase(landmark, ('colour', 'kind'), rng)}")
     return found
 
 
