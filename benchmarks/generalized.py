@@ -151,6 +151,55 @@ def run(args) -> dict:
     }
 
 
+SWEEP = (0.2, 0.3, 0.4, 0.5)
+
+
+def threshold_sweep(records: list[dict]) -> list[dict]:
+    """N-acc and T-acc (percent) at no-target thresholds up to 0.5, from records evaluated at 0.5.
+
+    At a threshold t <= 0.5 an expression is flagged when its probability is above t; one that is
+    not has the mask its record measured (the head emptied none at or below 0.5), so both figures
+    are exact: N-acc counts flagged or empty, T-acc unflagged and non-empty.
+    """
+    none = [r for r in records if r["objects"] == 0]
+    some = [r for r in records if r["objects"] > 0]
+    rows = []
+    for t in SWEEP:
+        nothing = sum(r["no_target_probability"] > t or r["predicted_area"] == 0 for r in none)
+        found = sum(r["no_target_probability"] <= t and r["predicted_area"] > 0 for r in some)
+        rows.append({"threshold": t, "N-acc": 100.0 * nothing / len(none), "T-acc": 100.0 * found / len(some)})
+    return rows
+
+
+def sweep_runs(results: dict, out: Path) -> None:
+    """Adds ``threshold_sweep`` per split to every run with the head whose best checkpoint is in ``out``."""
+    from mmnet.evaluate import evaluate_checkpoint
+
+    for run in results["runs"]:
+        best = out / _folder(run["name"], run["seed"]) / "best"
+        if run["dataset"] != GENERALIZED or "model.no_target=false" in run["overrides"] or not best.is_dir():
+            continue
+        evaluation = evaluate_checkpoint(best, list(SPLITS), device="cpu")
+        run["threshold_sweep"] = {split: threshold_sweep(result["records"]) for split, result in evaluation.items()}
+
+
+def sweep_markdown(results: dict) -> str:
+    """The N-acc / T-acc trade-off of the head's threshold, mean over seeds, per split."""
+    runs = [r for r in results["runs"] if "threshold_sweep" in r]
+    if not runs:
+        return ""
+    lines = ["| no-target threshold | " + " | ".join(f"{split} N-acc / T-acc" for split in SPLITS) + " |", "| --- |" + " --- |" * len(SPLITS)]
+    for i, t in enumerate(SWEEP):
+        cells = []
+        for split in SPLITS:
+            n = statistics.fmean(r["threshold_sweep"][split][i]["N-acc"] for r in runs)
+            a = statistics.fmean(r["threshold_sweep"][split][i]["T-acc"] for r in runs)
+            cells.append(f"{n:.1f} / {a:.1f}")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", f"The model with the head, {len(runs)} seed(s), mean; 0.5 is `eval.no_target_threshold`'s default."]
+    return "\n".join(lines)
+
+
 COLUMNS = [("gIoU", "gIoU"), ("cIoU", "cIoU"), ("N-acc", "N-acc"), ("T-acc", "T-acc")]
 KIND_COLUMNS = [(f"mIoU, {kind}", kind) for kind in KINDS]
 
@@ -200,12 +249,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="write the table from --runs-file without training")
     parser.add_argument("--out", default="runs/generalized")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "generalized.json"))
+    parser.add_argument("--sweep", action="store_true", help="also evaluate the head's runs at no-target thresholds 0.2-0.5")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     results = run(args)
+    if args.sweep:
+        sweep_runs(results, Path(args.out))
     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     for split in SPLITS:
         print(markdown(results, split), "\n", flush=True)
+    print(sweep_markdown(results))
     print(f"written: {args.json}")
 
 
