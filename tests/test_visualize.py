@@ -79,3 +79,27 @@ def test_rows_stack_into_a_left_aligned_sheet():
     sheet = stack(rows, gap=8)
     assert sheet.size == (rows[1].width, 2 * (TILE + CAPTION) + 8)
     assert np.array_equal(np.asarray(sheet)[: TILE + CAPTION, : rows[0].width], np.asarray(rows[0]))
+
+
+def test_a_no_target_prediction_is_drawn_empty_and_the_probability_shown():
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[10:30, 20:50] = 1
+    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
+
+    def panel(probability, **no_target):
+        return np.asarray(
+            expression_panel(
+                image, "the purple star", ground_truth=None, probability=probability, threshold=0.35,
+                query_probabilities=[], query_scores=[0.5, 0.5], iou=1.0, **no_target,
+            )
+        )
+
+    nothing = panel(mask.astype(np.float32), no_target_probability=0.93, no_target=True)
+    kept = panel(mask.astype(np.float32), no_target_probability=0.07, no_target=False)
+    empty = panel(np.zeros((HEIGHT, WIDTH), dtype=np.float32), no_target_probability=0.93, no_target=True)
+    # Below the captions: the prediction's tile is that of an empty mask, dimmed all over.
+    picture = slice(CAPTION, None)
+    np.testing.assert_array_equal(nothing[picture], empty[picture])
+    assert not np.array_equal(nothing[picture], kept[picture])
+    # The captions differ: "nothing matches, none 0.93" against "prediction, IoU 100.0, none 0.07".
+    assert not np.array_equal(nothing[:CAPTION], kept[:CAPTION])
