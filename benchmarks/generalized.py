@@ -172,12 +172,12 @@ def threshold_sweep(records: list[dict]) -> list[dict]:
 
 
 def sweep_runs(results: dict, out: Path) -> None:
-    """Adds ``threshold_sweep`` per split to every run with the head whose best checkpoint is in ``out``."""
+    """Adds ``threshold_sweep`` per split to every run of the full row whose best checkpoint is in ``out``."""
     from mmnet.evaluate import evaluate_checkpoint
 
     for run in results["runs"]:
         best = out / _folder(run["name"], run["seed"]) / "best"
-        if run["dataset"] != GENERALIZED or "model.no_target=false" in run["overrides"] or not best.is_dir():
+        if run["name"] != FULL or not best.is_dir():
             continue
         evaluation = evaluate_checkpoint(best, list(SPLITS), device="cpu")
         run["threshold_sweep"] = {split: threshold_sweep(result["records"]) for split, result in evaluation.items()}
@@ -204,12 +204,12 @@ COLUMNS = [("gIoU", "gIoU"), ("cIoU", "cIoU"), ("N-acc", "N-acc"), ("T-acc", "T-
 KIND_COLUMNS = [(f"mIoU, {kind}", kind) for kind in KINDS]
 
 
-def _mean_sd(values: list) -> str:
+def _mean_sd(values: list, digits: int = 1) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
-    text = f"{statistics.fmean(values):.1f}"
-    return text + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+    text = f"{statistics.fmean(values):.{digits}f}"
+    return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
 def markdown(results: dict, split: str = "val") -> str:
@@ -223,8 +223,8 @@ def markdown(results: dict, split: str = "val") -> str:
         runs = [r for r in results["runs"] if r["name"] == name]
         cells = [_mean_sd([r["metrics"][split][key] for r in runs]) for _, key in COLUMNS]
         cells += [_mean_sd([r["kinds"][split][kind]["mIoU"] for r in runs]) for _, kind in KIND_COLUMNS]
-        steps = _mean_sd([r.get("steps") for r in runs])
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {steps} | {_mean_sd([r['train_seconds'] for r in runs])} |")
+        steps = _mean_sd([r.get("steps") for r in runs], digits=0)
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {steps} | {_mean_sd([r['train_seconds'] for r in runs], digits=0)} |")
     counts = results["runs"][0]["kinds"][split] if results["runs"] else {}
     lines += [
         "",
