@@ -105,14 +105,18 @@ def expression_panel(
     each captioned with its number and score. All maps are H x W at the image's size.
 
     With a no-target head (``no_target_probability`` given) the prediction's caption gives that
-    probability, and says "nothing matches" with an empty prediction when ``no_target``.
+    probability ("IoU 62.1, none 0.03"), and says "nothing matches .93" over an empty prediction
+    when ``no_target``.
     """
     tiles = [_text_cell(sentence), _tile(image, "image")]
     if ground_truth is not None:
         tiles.append(_tile(image, "ground truth", weight=ground_truth, outline=GROUND_TRUTH))
     label = "prediction" if iou is None else f"prediction, IoU {100 * iou:.1f}"
-    if no_target_probability is not None:
-        label = f"{'nothing matches' if no_target else label}, none {no_target_probability:.2f}"
+    if no_target_probability is not None:  # short enough for a tile: "IoU 62.1, none 0.03", "nothing matches .93"
+        if no_target:
+            label = f"nothing matches {no_target_probability:.2f}".replace(" 0.", " .")
+        else:
+            label = f"{label.removeprefix('prediction, ')}, none {no_target_probability:.2f}"
     predicted = np.zeros(probability.shape, dtype=bool) if no_target else probability > threshold
     tiles.append(_tile(image, label, weight=predicted, outline=PREDICTION))
     # Without the Multi-Mask Projector the one mask is the prediction itself: nothing per query to show.

@@ -101,5 +101,5 @@ def test_a_no_target_prediction_is_drawn_empty_and_the_probability_shown():
     picture = slice(CAPTION, None)
     np.testing.assert_array_equal(nothing[picture], empty[picture])
     assert not np.array_equal(nothing[picture], kept[picture])
-    # The captions differ: "nothing matches, none 0.93" against "prediction, IoU 100.0, none 0.07".
+    # The captions differ: "nothing matches .93" against "IoU 100.0, none 0.07".
     assert not np.array_equal(nothing[:CAPTION], kept[:CAPTION])
