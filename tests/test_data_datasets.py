@@ -109,7 +109,7 @@ def test_expression_the_tokenizer_refuses_is_named_by_file_ref_and_sentence(hand
     # The index refuses such sentences when it is built; one read from elsewhere still names its source.
     files = ReferFiles(handmade.root, "refcoco", "unc")
     payload = {
-        "refs": [[7, 11, 1, "val", [[70, "&nbsp;"]]]],
+        "refs": [[7, [11], 1, "val", [[70, "&nbsp;"]]]],
         "images": [[1, "COCO_train2014_000000000001.jpg", 30, 40]],
         "masks": [[11, segmentation_to_rle(uncompressed_rle(handmade.masks[1]), height=30, width=40)]],
     }

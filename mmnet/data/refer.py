@@ -139,8 +139,7 @@ class ReferIndex:
         self._refs: dict[int, Ref] = {}
         self._splits: dict[str, list[int]] = {}
         for ref_id, ann_ids, image_id, split, sentences in payload["refs"]:
-            # A list of annotation ids (empty for no target); one id alone is read as a list of one.
-            ann_ids = (ann_ids,) if isinstance(ann_ids, int) else tuple(ann_ids)
+            ann_ids = tuple(ann_ids)  # empty for no target
             if any(ann_id not in self._masks for ann_id in ann_ids) or image_id not in self._images:
                 raise ValueError(f"ref {ref_id} has no mask or image in the payload")
             sentences = tuple(Sentence(sent_id, ref_id, text) for sent_id, text in sentences)
