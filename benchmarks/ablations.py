@@ -38,7 +38,7 @@ from mmnet.config import paper_text_overrides
 from mmnet.experiment import EVAL_SPLITS as SPLITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeps import read_runs, train_in_processes  # noqa: E402
+from sweeps import read_runs, run_folder, train_fresh, train_in_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FULL_NAME = "Nq = 24 (full model)"
@@ -78,27 +78,10 @@ ORDERING = [
 ]
 
 
-def _folder(name: str, seed: int) -> str:
-    return "".join(c for c in name.replace(" ", "_").replace(",", "") if c.isalnum() or c == "_") + f"_seed{seed}"
-
-
 def train_and_evaluate(*, name: str, overrides: list[str], seed: int, config: str, data_root: str, out: str, epochs: int, threads: int) -> dict:
     """One run: trains a row's model with ``seed`` and evaluates its best checkpoint."""
-    torch.set_num_threads(threads)
-    from mmnet import experiment
-    from mmnet.config import load_config
-
-    run_dir = Path(out) / _folder(name, seed)
-    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: every run starts afresh
-    settings = [
-        f"data.root={data_root}",
-        f"train.output_dir={run_dir}",
-        f"train.epochs={epochs}",
-        f"train.seed={seed}",
-        "train.tensorboard=false",
-        *overrides,
-    ]
-    done = experiment.train_and_evaluate(load_config(config, settings), device="cpu")
+    settings = [f"data.root={data_root}", f"train.epochs={epochs}", f"train.seed={seed}", *overrides]
+    done = train_fresh(config, run_folder(out, name, seed), settings, threads=threads)
     return {
         "name": name,
         "seed": seed,

@@ -35,7 +35,7 @@ import torch
 from mmnet.experiment import EVAL_SPLITS as SPLITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeps import read_runs, train_in_processes  # noqa: E402
+from sweeps import read_runs, run_folder, train_fresh, train_in_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GENERALIZED, PLAIN = "synthgref", "synthref"
@@ -53,10 +53,6 @@ RUNS = [
 KINDS = {"one object": lambda n: n == 1, "several objects": lambda n: n > 1, "no object": lambda n: n == 0}
 
 
-def _folder(name: str, seed: int) -> str:
-    return "".join(c for c in name.replace(" ", "_") if c.isalnum() or c == "_") + f"_seed{seed}"
-
-
 def by_kind(records: list[dict]) -> dict[str, dict]:
     """Mean IoU (percent) and count of the expressions of each kind."""
     result = {}
@@ -69,22 +65,11 @@ def by_kind(records: list[dict]) -> dict[str, dict]:
 def train_and_evaluate(*, name: str, overrides: list[str], dataset: str, seed: int, config: str, data_root: str, out: str, threads: int) -> dict:
     """One run: trains a row's model with ``seed`` on ``dataset``, evaluates its best checkpoint on
     the generalized splits."""
-    torch.set_num_threads(threads)
-    from mmnet.config import load_config
     from mmnet.evaluate import evaluate_checkpoint
-    from mmnet.experiment import train_and_evaluate as train_then_evaluate
 
-    run_dir = Path(out) / _folder(name, seed)
-    shutil.rmtree(run_dir, ignore_errors=True)  # this benchmark's own folder: every run starts afresh
-    settings = [
-        f"data.root={data_root}",
-        f"data.dataset={dataset}",
-        f"train.output_dir={run_dir}",
-        f"train.seed={seed}",
-        "train.tensorboard=false",
-        *overrides,
-    ]
-    done = train_then_evaluate(load_config(config, settings), device="cpu", splits=(SPLITS[0],) if dataset != GENERALIZED else SPLITS)
+    run_dir = run_folder(out, name, seed)
+    settings = [f"data.root={data_root}", f"data.dataset={dataset}", f"train.seed={seed}", *overrides]
+    done = train_fresh(config, run_dir, settings, threads=threads, splits=SPLITS if dataset == GENERALIZED else SPLITS[:1])
     evaluation = done.evaluation
     if dataset != GENERALIZED:  # validated on its own kind of data; scored on the generalized splits
         evaluation = evaluate_checkpoint(run_dir / "best", list(SPLITS), overrides=(f"data.dataset={GENERALIZED}",), device="cpu")
@@ -176,7 +161,7 @@ def sweep_runs(results: dict, out: Path) -> None:
     from mmnet.evaluate import evaluate_checkpoint
 
     for run in results["runs"]:
-        best = out / _folder(run["name"], run["seed"]) / "best"
+        best = run_folder(out, run["name"], run["seed"]) / "best"
         if run["name"] != FULL or not best.is_dir():
             continue
         evaluation = evaluate_checkpoint(best, list(SPLITS), device="cpu")

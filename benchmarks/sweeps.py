@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
+
+import torch
 
 
 def read_runs(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
@@ -37,3 +40,21 @@ def train_in_processes(
             results.append(result)
             print(announce(result), flush=True)
     return results
+
+
+def run_folder(out: str | Path, name: str, seed: int) -> Path:
+    """``out/<row name as a word>_seed<seed>``: a run's own folder."""
+    return Path(out) / ("".join(c for c in name.replace(" ", "_") if c.isalnum() or c == "_") + f"_seed{seed}")
+
+
+def train_fresh(config: str, run_dir: Path, overrides: list[str], *, threads: int, splits: Optional[tuple[str, ...]] = None):
+    """Trains ``config`` with ``overrides`` from scratch on the CPU into ``run_dir`` (emptied first:
+    the sweep's own folder) and evaluates its best checkpoint on ``splits`` (default val, testA,
+    testB); returns the ``mmnet.experiment.Experiment``."""
+    torch.set_num_threads(threads)
+    from mmnet import experiment
+    from mmnet.config import load_config
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    settings = [f"train.output_dir={run_dir}", "train.tensorboard=false", *overrides]
+    return experiment.train_and_evaluate(load_config(config, settings), device="cpu", splits=splits or experiment.EVAL_SPLITS)
