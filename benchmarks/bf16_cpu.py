@@ -39,7 +39,9 @@ def compare(model, config, index, ctx) -> dict:
     """Every val expression at both precisions: how far apart the two predictions are."""
     from mmnet.evaluate import evaluate, split_loader
 
-    seen = {}
+    from mmnet.metrics import intersection_union, iou
+
+    seen, miou = {}, {}
     for precision in PRECISIONS:
         shown = seen[precision] = {}
 
@@ -50,19 +52,16 @@ def compare(model, config, index, ctx) -> dict:
             model=model, loader=split_loader(index, "val", config, ctx), ctx=ctx, threshold=config.eval.threshold,
             precision=precision, batch_size=config.eval.batch_size, on_sample=keep, desc=precision,
         )
-        shown["mIoU"] = metrics["mIoU"]
+        miou[precision] = metrics["mIoU"]
     ious, differences = [], []
     for sent_id, full in seen["fp32"].items():
-        if sent_id == "mIoU":
-            continue
         low = seen["bf16"][sent_id]
-        union = (full.mask | low.mask).sum().item()
-        ious.append(1.0 if union == 0 else (full.mask & low.mask).sum().item() / union)
+        ious.append(float(iou(*intersection_union(full.mask, low.mask))))  # 1 where both are empty
         differences.append((full.probability - low.probability).abs().max().item())
     return {
         "expressions": len(ious),
-        "miou_fp32": seen["fp32"]["mIoU"],
-        "miou_bf16": seen["bf16"]["mIoU"],
+        "miou_fp32": miou["fp32"],
+        "miou_bf16": miou["bf16"],
         "mask_iou_mean": statistics.mean(ious),
         "mask_iou_min": min(ious),
         "probability_difference_max": max(differences),
