@@ -15,6 +15,7 @@ Models: the demo's trained checkpoint (``--checkpoint``, default runs/demo/train
 
     python benchmarks/bf16_cpu.py                        # demo checkpoint, RN50, ViT-B-16
     python benchmarks/bf16_cpu.py --backbones --images 20   # the demo checkpoint alone
+    python benchmarks/bf16_cpu.py --checkpoint none --images 1 --batches   # random towers, masks only
 
 Results: benchmarks/results/bf16_cpu.json, and a line per model.
 """
@@ -53,10 +54,14 @@ def compare(model, config, index, ctx) -> dict:
             precision=precision, batch_size=config.eval.batch_size, on_sample=keep, desc=precision,
         )
         miou[precision] = metrics["mIoU"]
-    ious, differences = [], []
+    ious, median_ious, differences = [], [], []
     for sent_id, full in seen["fp32"].items():
         low = seen["bf16"][sent_id]
         ious.append(float(iou(*intersection_union(full.mask, low.mask))))  # 1 where both are empty
+        # A random model's probabilities sit on one side of the threshold, leaving both masks
+        # empty (or full); cut both at the fp32 map's median instead, to compare where they rank.
+        median = full.probability.median()
+        median_ious.append(float(iou(*intersection_union(full.probability > median, low.probability > median))))
         differences.append((full.probability - low.probability).abs().max().item())
     return {
         "expressions": len(ious),
@@ -64,6 +69,8 @@ def compare(model, config, index, ctx) -> dict:
         "miou_bf16": miou["bf16"],
         "mask_iou_mean": statistics.mean(ious),
         "mask_iou_min": min(ious),
+        "median_mask_iou_mean": statistics.mean(median_ious),
+        "median_mask_iou_min": min(median_ious),
         "probability_difference_max": max(differences),
     }
 
@@ -103,7 +110,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/demo/train/best", help="a trained checkpoint (skipped when missing)")
     parser.add_argument("--backbones", nargs="*", default=["RN50", "ViT-B-16"], help="random-tower models at 480")
     parser.add_argument("--images", type=int, default=2, help="val images of the synthetic split (about 6.5 expressions each)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8], help="batches to time; none: compare the masks only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--matmul-size", type=int, default=1024, help="side of the square matrix product timed at each precision")
     parser.add_argument("--out", help="JSON file (default benchmarks/results/bf16_cpu.json)")
@@ -138,7 +145,8 @@ def main() -> None:
             speed = ", ".join(f"{b}: bf16 {r['bf16_speedup']:.2f}x fp32" for b, r in entry["forward"].items())
             print(
                 f"{name}: mIoU fp32 {entry['miou_fp32']:.2f} bf16 {entry['miou_bf16']:.2f}; mask IoU between them "
-                f"{entry['mask_iou_mean']:.4f} (min {entry['mask_iou_min']:.4f}); largest probability difference "
+                f"{entry['mask_iou_mean']:.4f} (min {entry['mask_iou_min']:.4f}), cut at the fp32 median "
+                f"{entry['median_mask_iou_mean']:.4f} (min {entry['median_mask_iou_min']:.4f}); largest probability difference "
                 f"{entry['probability_difference_max']:.4f}; {speed}",
                 flush=True,
             )
