@@ -94,6 +94,17 @@ def test_two_epochs_equal_one_epoch_plus_a_resumed_one(synth_root, tmp_path):
     assert a["train_state"]["history"] == b["train_state"]["history"]
 
 
+def test_the_data_workers_do_not_change_what_is_trained(synth_root, tmp_path):
+    # With or without a loader worker the samples, their order and so the weights must be the same
+    # (docs/performance.md compares the two for the demo).
+    config = tiny_run_config(synth_root, tmp_path / "in_process", epochs=1)
+    with_worker = tiny_run_config(synth_root, tmp_path / "worker", epochs=1)
+    with_worker.data.num_workers = 1
+    a, b = train(config, device="cpu"), train(with_worker, device="cpu")
+    assert a.state.history == b.state.history
+    assert_same_weights(weights(tmp_path / "in_process" / "last"), weights(tmp_path / "worker" / "last"))
+
+
 def test_ctrl_c_stops_after_a_step_and_resumes_exactly_mid_epoch(synth_root, tmp_path):
     # Micro-batches of 1 make about a dozen steps an epoch, so the stop falls inside one; a data
     # worker is there too, as Ctrl-C reaches every process of the terminal's group.
