@@ -24,22 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmnet.data.scenes import POSITION_PHRASES, RADIUS_SHARE, RELATION_PHRASES
+
 REPO = Path(__file__).resolve().parent.parent
+RELATION = re.compile("|".join(rf"\b{phrase}\b" for phrase in RELATION_PHRASES.values()))
+# The words of the position phrases ("leftmost", "lowest", "left", ...), less the glue words.
+POSITION_WORDS = {w for phrases in POSITION_PHRASES.values() for p in phrases for w in p.replace("{np}", "").split()} - {"the", "on", "at"}
 
 
 def form_of(sentence: str) -> str:
-    from mmnet.data.scenes import POSITION_PHRASES, RELATION_PHRASES
-
-    if any(re.search(rf"\b{phrase}\b", sentence) for phrase in RELATION_PHRASES.values()):
+    if RELATION.search(sentence):
         return "relation"
-    words = {w for phrases in POSITION_PHRASES.values() for p in phrases for w in p.replace("{np}", "").split()} - {"the", "on", "at"}
-    return "position" if words & set(sentence.split()) else "attributes"
+    return "position" if POSITION_WORDS & set(sentence.split()) else "attributes"
 
 
 def size_of(mask: np.ndarray, short_side: int) -> str:
     """small or big, from the longer side of the mask's bounding box."""
-    from mmnet.data.scenes import RADIUS_SHARE
-
     rows, cols = np.nonzero(mask)
     extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
     # The longer side of a shape's bounding box is 1.5 r (a square) to 2 r (a circle, a diamond),
