@@ -33,6 +33,7 @@ def demo(
     size: tuple[int, int] = (320, 240),
     examples: int = 6,
     generalized: bool = False,
+    workers: int = 1,
 ) -> str:
     """Synthesises a dataset under ``out``, trains and evaluates on CPU, and writes
     ``out/report.md`` and ``out/predictions.png``; returns the report.
@@ -43,12 +44,20 @@ def demo(
         examples: val expressions drawn in predictions.png.
         generalized: synthesise gRefCOCO's layout, with expressions that name several shapes or
             none (``mmnet data synth --generalized``), and report the GRES metrics too.
+        workers: processes that draw the synthetic images (``write_synthetic``).
     """
     out = Path(out)
     config = load_config(config_path, [f"data.root={out / 'data'}", f"train.output_dir={out / 'train'}", *overrides])
     start = time.perf_counter()
     write_synthetic(
-        config.data.root, name=config.data.dataset, seed=seed, images=images, width=size[0], height=size[1], generalized=generalized
+        config.data.root,
+        name=config.data.dataset,
+        seed=seed,
+        images=images,
+        width=size[0],
+        height=size[1],
+        generalized=generalized,
+        workers=workers,
     )
     seconds = {"synthesise the dataset": time.perf_counter() - start}
     for previous in (out / "train", out / "vis"):  # the demo's own folders: each demo starts afresh

@@ -47,6 +47,8 @@ from mmnet.modeling import MMNet
 from mmnet.runlock import run_lock
 
 PRETRAINED_PREFIXES = ("image_encoder.tower.", "text_encoder.")
+# Devices where torch.optim.Adam has a fused kernel.
+FUSED_ADAM_DEVICES = {"cpu", "cuda"}
 
 
 def parameter_groups(model: MMNet, *, lr: float, backbone_lr_mult: float) -> list[dict]:
@@ -385,10 +387,17 @@ def _saved_step(directory: Path) -> Optional[int]:
 
 
 def optimization(model: MMNet, config: Config, *, total_steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam over ``parameter_groups`` and the polynomial decay over ``total_steps`` optimizer steps."""
+    """Adam over ``parameter_groups`` and the polynomial decay over ``total_steps`` optimizer steps.
+
+    On CPUs and CUDA GPUs Adam runs fused, one kernel over all parameters: the same update to
+    float rounding, and on the demo's model a step 1.2 times as fast (docs/performance.md).
+    """
     train = config.train
+    devices = {p.device.type for p in model.parameters()}
     optimizer = torch.optim.Adam(
-        parameter_groups(model, lr=train.lr, backbone_lr_mult=train.backbone_lr_mult), weight_decay=train.weight_decay
+        parameter_groups(model, lr=train.lr, backbone_lr_mult=train.backbone_lr_mult),
+        weight_decay=train.weight_decay,
+        fused=devices <= FUSED_ADAM_DEVICES,
     )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total_steps, train.lr_power))
 

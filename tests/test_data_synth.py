@@ -183,6 +183,15 @@ def test_same_seed_writes_the_same_bytes(synth_root, tmp_path):
     assert _digest(tmp_path / "other")["synthref/instances.json"] != _digest(synth_root)["synthref/instances.json"]
 
 
+def test_worker_processes_write_the_same_bytes(synth_root, tmp_path):
+    write_synthetic(tmp_path / "workers", **ARGS, progress=False, workers=2)
+    assert _digest(tmp_path / "workers") == _digest(synth_root)
+    generalized = {**ARGS, "name": "synthgref", "generalized": True, "progress": False}
+    write_synthetic(tmp_path / "one", **generalized)
+    write_synthetic(tmp_path / "two", **generalized, workers=3)
+    assert _digest(tmp_path / "two") == _digest(tmp_path / "one")
+
+
 def test_synth_command_writes_and_counts(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(tmp_path), "--images", "3", "1", "1", "1", "--size", "96", "72"]) == 0
     out = capsys.readouterr().out

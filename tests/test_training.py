@@ -48,6 +48,31 @@ def test_learning_rate_decays_polynomially_and_the_backbone_has_its_own():
     assert len(backbone["params"]) + len(heads["params"]) == len(list(model.parameters()))
 
 
+def test_adam_runs_fused_on_a_cpu_and_makes_the_plain_update():
+    from mmnet.train import optimization
+    from tiny import build_tiny
+
+    config = Config(model=tiny_model_config(), train=TrainConfig(lr=1e-3, weight_decay=1e-4))
+    updated = []
+    for fused in (True, False):
+        model = build_tiny()
+        optimizer, _ = optimization(model, config, total_steps=10)
+        assert optimizer.param_groups[0]["fused"] is True
+        if not fused:
+            for group in optimizer.param_groups:
+                group["fused"] = False
+        for step in range(3):
+            torch.manual_seed(step)
+            for parameter in model.parameters():
+                parameter.grad = torch.randn_like(parameter)
+            optimizer.step()
+        updated.append([p.detach().clone() for p in model.parameters()])
+    moved = [not torch.equal(a, b) for a, b in zip(updated[0], build_tiny().parameters())]
+    assert any(moved)
+    for fused, plain in zip(*updated):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-7)
+
+
 def tiny_run_config(data_root: Path, output_dir: Path, **train_changes) -> Config:
     train_settings = TrainConfig(
         epochs=2,

@@ -18,3 +18,10 @@ def add_device(parser: argparse.ArgumentParser) -> None:
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory, a training run's folder, or a Hub repository id")
+
+
+def add_synth_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=int, help="processes that draw the synthetic images (default: one per CPU core, at most 8); "
+        "any number writes the same files"
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from mmnet.commands._options import add_synth_workers
+
 
 def add_parser(commands) -> None:
     data = commands.add_parser("data", help="build or check a dataset")
@@ -21,6 +23,7 @@ def add_parser(commands) -> None:
         help="write gRefCOCO's layout, grefs(unc).json, adding refs to two or three shapes and to none "
         "(about 10%% of the expressions each) to the plain set's refs on the same images",
     )
+    add_synth_workers(synth)
     synth.set_defaults(run=run_synth)
 
     check = data_commands.add_parser("check", help="check a dataset in the refer layout and count it")
@@ -56,7 +59,7 @@ def print_counts(index) -> None:
 def run_synth(args) -> int:
     from mmnet.data.errors import DataError
     from mmnet.data.refer import ReferIndex
-    from mmnet.data.synth import write_synthetic
+    from mmnet.data.synth import default_workers, write_synthetic
 
     width, height = args.size
     if min(args.images) < 0 or args.images[0] == 0:
@@ -64,7 +67,14 @@ def run_synth(args) -> int:
     if min(width, height) < 32:
         raise DataError(f"--size must be at least 32 x 32 pixels, got {width} x {height}")
     write_synthetic(
-        args.out, name=args.name, seed=args.seed, images=args.images, width=width, height=height, generalized=args.generalized
+        args.out,
+        name=args.name,
+        seed=args.seed,
+        images=args.images,
+        width=width,
+        height=height,
+        generalized=args.generalized,
+        workers=args.workers or default_workers(),
     )
     # Reading the set back checks it and leaves the index cached for the first run.
     print_counts(ReferIndex.load(args.out, args.name, "unc"))

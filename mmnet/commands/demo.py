@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmnet.commands._options import add_synth_workers
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("demo", help="synthesise data, train a small MMNet on CPU, evaluate, write a report")
@@ -22,10 +24,12 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--size", type=int, nargs=2, default=[320, 240], metavar=("W", "H"), help="synthetic image size")
     parser.add_argument("--examples", type=int, default=6, help="examples drawn in predictions.png")
+    add_synth_workers(parser)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from mmnet.data.synth import default_workers
     from mmnet.demo import demo
 
     if args.generalized:
@@ -42,6 +46,7 @@ def run(args) -> int:
         size=tuple(args.size),
         examples=args.examples,
         generalized=args.generalized,
+        workers=args.workers or default_workers(),
     )
     print(report)
     print(f"written: {Path(chosen['out']) / 'report.md'}, {Path(chosen['out']) / 'predictions.png'}")

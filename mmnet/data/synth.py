@@ -17,11 +17,15 @@ plain set's draws stay as they are. Of all expressions, about GENERALIZED_SHARES
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
+import os
 import pickle
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -48,6 +52,13 @@ CATEGORY_IDS = {kind: i + 1 for i, kind in enumerate(KIND_WORDS)}
 RLE_EVERY = 4
 # The share of all expressions in a generalized set that refer to several shapes, and to none.
 GENERALIZED_SHARES = {"multi": 0.1, "none": 0.1}
+# Images a worker draws at a time when several processes draw them.
+IMAGES_PER_TASK = 32
+
+
+def default_workers() -> int:
+    """The commands' number of drawing processes: one per CPU core, at most 8."""
+    return min(os.cpu_count() or 1, 8)
 
 
 @dataclass
@@ -55,8 +66,8 @@ class SyntheticImage:
     image_id: int
     split: str
     file_name: str
-    pixels: np.ndarray
-    """uint8 H x W x 3."""
+    pixels: Optional[np.ndarray]
+    """uint8 H x W x 3; None once the writer has saved them."""
     shapes: list[Shape]
     masks: list[np.ndarray]
     """Each shape's uint8 H x W mask, as drawn."""
@@ -76,24 +87,54 @@ def generate(
     With ``generalized``, each image also gets group and no-target expressions (``groups``,
     ``absent``), drawn from a second stream so that all else is as without.
     """
-    image_id = 0
-    for split_index, (split, count) in enumerate(zip(SPLITS, images)):
+    return map(_draw, _tasks(name=name, seed=seed, images=images, width=width, height=height, generalized=generalized))
+
+
+def _tasks(*, name: str, seed: int, images: Sequence[int], width: int, height: int, generalized: bool) -> list[tuple]:
+    """``_draw``'s argument for each image, in order."""
+    tasks, image_id = [], 0
+    for split_index, count in enumerate(images):
         for i in range(count):
-            rng = np.random.default_rng([seed, split_index, i])
-            expressions: dict[int, list[str]] = {}
-            while not expressions:
-                shapes = sample_scene(rng, width=width, height=height)
-                for k, shape in enumerate(shapes):
-                    if is_referable(shape, shapes):
-                        described = describe(shape, shapes, rng, short_side=min(width, height))
-                        if chosen := choose_expressions(described, rng):
-                            expressions[k] = chosen
-            pixels, masks = render(shapes, rng, width=width, height=height)
             image_id += 1
-            item = SyntheticImage(image_id, split, f"{name}_{image_id:012d}.jpg", pixels, shapes, masks, expressions)
-            if generalized:
-                _add_generalized(item, np.random.default_rng([seed, split_index, i, 1]), short_side=min(width, height))
-            yield item
+            tasks.append((name, seed, split_index, i, image_id, width, height, generalized))
+    return tasks
+
+
+def _in_order(function: Callable, tasks: list, workers: int) -> Iterator:
+    """``map(function, tasks)``, in ``workers`` processes when more than one."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(function, tasks)
+        return
+    # spawn, not fork: the parent may hold torch's threads, which a forked child would inherit.
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
+        yield from pool.imap(function, tasks, chunksize=min(IMAGES_PER_TASK, max(1, len(tasks) // (4 * workers))))
+
+
+def _draw_and_save(task: tuple, *, image_dir: Path) -> SyntheticImage:
+    """``_draw``, with the image saved as ``image_dir/<file_name>`` and its pixels dropped."""
+    item = _draw(task)
+    Image.fromarray(item.pixels).save(image_dir / item.file_name, quality=95)
+    item.pixels = None
+    return item
+
+
+def _draw(task: tuple) -> SyntheticImage:
+    """Image i of split ``split_index``, numbered ``image_id``."""
+    name, seed, split_index, i, image_id, width, height, generalized = task
+    rng = np.random.default_rng([seed, split_index, i])
+    expressions: dict[int, list[str]] = {}
+    while not expressions:
+        shapes = sample_scene(rng, width=width, height=height)
+        for k, shape in enumerate(shapes):
+            if is_referable(shape, shapes):
+                described = describe(shape, shapes, rng, short_side=min(width, height))
+                if chosen := choose_expressions(described, rng):
+                    expressions[k] = chosen
+    pixels, masks = render(shapes, rng, width=width, height=height)
+    item = SyntheticImage(image_id, SPLITS[split_index], f"{name}_{image_id:012d}.jpg", pixels, shapes, masks, expressions)
+    if generalized:
+        _add_generalized(item, np.random.default_rng([seed, split_index, i, 1]), short_side=min(width, height))
+    return item
 
 
 def _add_generalized(item: SyntheticImage, rng: np.random.Generator, *, short_side: int) -> None:
@@ -124,12 +165,15 @@ def write_synthetic(
     height: int = 240,
     generalized: bool = False,
     progress: bool = True,
+    workers: int = 1,
 ) -> Path:
     """Writes the dataset under ``out`` (the data.root of a config); returns the dataset folder.
 
     With ``generalized``, grefs(unc).json in gRefCOCO's layout in place of refs(unc).p. Each
     layout removes the other's refs file left by an earlier set of the same name, which a reader
-    would otherwise find.
+    would otherwise find. With ``workers`` > 1, that many processes draw the images, and the
+    files are the same, byte for byte. They start by ``spawn``, which imports the calling script
+    again: a script that asks for them keeps its work under ``if __name__ == "__main__":``.
     """
     # The name becomes a folder under out and the prefix of image files beside COCO's.
     if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
@@ -150,12 +194,14 @@ def write_synthetic(
     # numbered after all single-target refs.
     extra: list[tuple[int, str, str, list[int], list[int], list[str]]] = []
     sentences = _Sentences()
-    items = generate(name=name, seed=seed, images=images, width=width, height=height, generalized=generalized)
-    for item in tqdm(items, total=sum(images), desc=f"writing {name}", unit="image", disable=not progress):
-        Image.fromarray(item.pixels).save(image_dir / item.file_name, quality=95)
+    tasks = _tasks(name=name, seed=seed, images=images, width=width, height=height, generalized=generalized)
+    items = _in_order(functools.partial(_draw_and_save, image_dir=image_dir), tasks, workers)
+    for item in tqdm(items, total=len(tasks), desc=f"writing {name}", unit="image", disable=not progress):
         instances["images"].append({"id": item.image_id, "file_name": item.file_name, "height": height, "width": width})
         first_ann_id = len(instances["annotations"]) + 1
-        image = (item.image_id, item.split, item.file_name)
+        # One string object per split, as when drawn here: refs(unc).p then pickles the same bytes
+        # whether the images came from this process or from workers.
+        image = (item.image_id, sys.intern(item.split), item.file_name)
         for k, (shape, mask) in enumerate(zip(item.shapes, item.masks)):
             ann_id = len(instances["annotations"]) + 1
             instances["annotations"].append(
@@ -221,5 +267,5 @@ def _ref(ref_id: int, image_id: int, split: str, file_name: str, ann_id: int, ca
 
 def _bbox(mask: np.ndarray) -> list[float]:
     """COCO box [x, y, width, height] of the mask's pixels."""
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
