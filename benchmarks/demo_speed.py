@@ -1,10 +1,11 @@
-"""What `make demo` spends its time on, and the two changes that cut it.
+"""What `make demo` spends its time on, and what the changes that cut it gain.
 
 1. The demo's training step (configs/demo.yaml: forward, the loss, backward, gradient clipping
    and the optimizer step at batch 16) with plain Adam, Adam over all parameters at once
    (``foreach``) and fused Adam, which `mmnet train` uses; the three models start from the same
-   weights, take the same batches, and are timed in turns. Their weights after the timed steps
-   are compared too: the same update to float rounding.
+   weights, take the same batch, and are timed in turns. Their weights after all the steps are
+   compared too: each update is the same to float rounding, and the JSON records how far the
+   rounding differences have carried the weights apart.
 2. Writing the synthetic set (`mmnet data synth`) with one process and with ``--workers``; the
    two sets are compared file by file.
 3. Reading one training sample of that set as the demo's training does (decode, letterbox, mask,

@@ -214,6 +214,11 @@ class Trainer:
         saved = load_state(directory)
         _check_resumable(read_config(directory), self.config, directory, saved_world=len(saved["rng"]), world=self.ctx.world_size)
         load_weights(self.model, directory)
+        # Run Adam as this machine can (fused or not), whatever the saved run did; the flag also
+        # decides where the loaded step counts go.
+        fused = self.optimizer.defaults["fused"]
+        for group in saved["optimizer"].get("param_groups", []):
+            group["fused"] = fused
         try:
             self.optimizer.load_state_dict(saved["optimizer"])
         except ValueError as err:  # another number or order of parameters than this model's

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import json
 from dataclasses import replace
 
@@ -190,6 +191,33 @@ def test_worker_processes_write_the_same_bytes(synth_root, tmp_path):
     write_synthetic(tmp_path / "one", **generalized)
     write_synthetic(tmp_path / "two", **generalized, workers=3)
     assert _digest(tmp_path / "two") == _digest(tmp_path / "one")
+
+
+def _process_id(_) -> int:
+    return os.getpid()
+
+
+def test_the_images_are_drawn_in_the_worker_processes():
+    from mmnet.data.synth import _in_order
+
+    assert set(_in_order(_process_id, list(range(8)), 1)) == {os.getpid()}
+    elsewhere = set(_in_order(_process_id, list(range(8)), 2))
+    assert os.getpid() not in elsewhere and 1 <= len(elsewhere) <= 2
+
+
+def test_synth_command_refuses_fewer_than_one_worker(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--out", str(tmp_path), "--images", "3", "1", "1", "1", "--workers", "0"])
+    assert "--workers: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_box_of_a_mask_is_its_first_and_last_row_and_column():
+    from mmnet.data.synth import _bbox
+
+    mask = np.zeros((6, 9), np.uint8)
+    mask[2:5, 3] = 1
+    mask[4, 3:8] = 1
+    assert _bbox(mask) == [3.0, 2.0, 5.0, 3.0]  # x 3..7, y 2..4
 
 
 def test_synth_command_writes_and_counts(tmp_path, capsys):

@@ -54,11 +54,11 @@ def test_adam_runs_fused_on_a_cpu_and_makes_the_plain_update():
 
     config = Config(model=tiny_model_config(), train=TrainConfig(lr=1e-3, weight_decay=1e-4))
     updated = []
-    for fused in (True, False):
+    for run_fused in (True, False):
         model = build_tiny()
         optimizer, _ = optimization(model, config, total_steps=10)
         assert optimizer.param_groups[0]["fused"] is True
-        if not fused:
+        if not run_fused:
             for group in optimizer.param_groups:
                 group["fused"] = False
         for step in range(3):
@@ -117,6 +117,20 @@ def test_two_epochs_equal_one_epoch_plus_a_resumed_one(synth_root, tmp_path):
     for group_a, group_b in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(group_a["exp_avg_sq"], group_b["exp_avg_sq"])
     assert a["train_state"]["history"] == b["train_state"]["history"]
+
+
+def test_a_run_saved_with_plain_adam_resumes_with_fused_adam(synth_root, tmp_path, monkeypatch):
+    train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu", stop_after_epochs=1)
+    state_file = tmp_path / "run" / "last" / "state.pt"
+    saved = torch.load(state_file, weights_only=True)
+    for group in saved["optimizer"]["param_groups"]:
+        group["fused"] = None  # as a run before fused Adam saved it
+    torch.save(saved, state_file)
+    made = []
+    monkeypatch.setattr(train_module.Trainer, "fit", lambda self, **_: made.append(self.optimizer))
+    train(tiny_run_config(synth_root, tmp_path / "run"), device="cpu", resume="auto")
+    assert [group["fused"] for group in made[0].param_groups] == [True, True]
+    assert all(state["step"].device.type == "cpu" for state in made[0].state.values())
 
 
 def test_the_data_workers_do_not_change_what_is_trained(synth_root, tmp_path):

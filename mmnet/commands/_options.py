@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 DEVICES = ["cpu", "cuda"]
 
@@ -21,7 +22,18 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
 
 
 def add_synth_workers(parser: argparse.ArgumentParser) -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     parser.add_argument(
-        "--workers", type=int, help="processes that draw the synthetic images (default: one per CPU core, at most 8); "
-        "any number writes the same files"
+        "--workers",
+        type=_positive,
+        default=min(cores, 8),
+        help="processes that draw the synthetic images (default: one per CPU core this process may use, at most 8); "
+        "any number writes the same files",
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -59,7 +59,7 @@ def print_counts(index) -> None:
 def run_synth(args) -> int:
     from mmnet.data.errors import DataError
     from mmnet.data.refer import ReferIndex
-    from mmnet.data.synth import default_workers, write_synthetic
+    from mmnet.data.synth import write_synthetic
 
     width, height = args.size
     if min(args.images) < 0 or args.images[0] == 0:
@@ -74,7 +74,7 @@ def run_synth(args) -> int:
         width=width,
         height=height,
         generalized=args.generalized,
-        workers=args.workers or default_workers(),
+        workers=args.workers,
     )
     # Reading the set back checks it and leaves the index cached for the first run.
     print_counts(ReferIndex.load(args.out, args.name, "unc"))

@@ -29,7 +29,6 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from mmnet.data.synth import default_workers
     from mmnet.demo import demo
 
     if args.generalized:
@@ -46,7 +45,7 @@ def run(args) -> int:
         size=tuple(args.size),
         examples=args.examples,
         generalized=args.generalized,
-        workers=args.workers or default_workers(),
+        workers=args.workers,
     )
     print(report)
     print(f"written: {Path(chosen['out']) / 'report.md'}, {Path(chosen['out']) / 'predictions.png'}")

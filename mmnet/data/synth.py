@@ -17,10 +17,10 @@ plain set's draws stay as they are. Of all expressions, about GENERALIZED_SHARES
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import multiprocessing
-import os
 import pickle
 import sys
 from dataclasses import dataclass, field
@@ -55,10 +55,6 @@ GENERALIZED_SHARES = {"multi": 0.1, "none": 0.1}
 # Images a worker draws at a time when several processes draw them.
 IMAGES_PER_TASK = 32
 
-
-def default_workers() -> int:
-    """The commands' number of drawing processes: one per CPU core, at most 8."""
-    return min(os.cpu_count() or 1, 8)
 
 
 @dataclass
@@ -195,31 +191,33 @@ def write_synthetic(
     extra: list[tuple[int, str, str, list[int], list[int], list[str]]] = []
     sentences = _Sentences()
     tasks = _tasks(name=name, seed=seed, images=images, width=width, height=height, generalized=generalized)
-    items = _in_order(functools.partial(_draw_and_save, image_dir=image_dir), tasks, workers)
-    for item in tqdm(items, total=len(tasks), desc=f"writing {name}", unit="image", disable=not progress):
-        instances["images"].append({"id": item.image_id, "file_name": item.file_name, "height": height, "width": width})
-        first_ann_id = len(instances["annotations"]) + 1
-        # One string object per split, as when drawn here: refs(unc).p then pickles the same bytes
-        # whether the images came from this process or from workers.
-        image = (item.image_id, sys.intern(item.split), item.file_name)
-        for k, (shape, mask) in enumerate(zip(item.shapes, item.masks)):
-            ann_id = len(instances["annotations"]) + 1
-            instances["annotations"].append(
-                {
-                    "id": ann_id,
-                    "image_id": item.image_id,
-                    "category_id": CATEGORY_IDS[shape.kind],
-                    "segmentation": uncompressed_rle(mask) if ann_id % RLE_EVERY == 0 else [shape.polygon()],
-                    "area": int(mask.sum()),
-                    "bbox": _bbox(mask),
-                    "iscrowd": 0,
-                }
-            )
-            if k in item.expressions:
-                refs.append(_ref(len(refs) + 1, *image, ann_id, CATEGORY_IDS[shape.kind], sentences.make(item.expressions[k])))
-        for group, texts in item.groups.items():
-            extra.append((*image, [first_ann_id + k for k in group], [CATEGORY_IDS[item.shapes[k].kind] for k in group], texts))
-        extra += [(*image, [-1], [-1], [text]) for text in item.absent]
+    drawn = _in_order(functools.partial(_draw_and_save, image_dir=image_dir), tasks, workers)
+    # closing: an error below stops the worker processes at once, not when the generator is collected.
+    with contextlib.closing(drawn):
+        for item in tqdm(drawn, total=len(tasks), desc=f"writing {name}", unit="image", disable=not progress):
+            instances["images"].append({"id": item.image_id, "file_name": item.file_name, "height": height, "width": width})
+            first_ann_id = len(instances["annotations"]) + 1
+            # One string object per split, as when drawn here: refs(unc).p then pickles the same bytes
+            # whether the images came from this process or from workers.
+            image = (item.image_id, sys.intern(item.split), item.file_name)
+            for k, (shape, mask) in enumerate(zip(item.shapes, item.masks)):
+                ann_id = len(instances["annotations"]) + 1
+                instances["annotations"].append(
+                    {
+                        "id": ann_id,
+                        "image_id": item.image_id,
+                        "category_id": CATEGORY_IDS[shape.kind],
+                        "segmentation": uncompressed_rle(mask) if ann_id % RLE_EVERY == 0 else [shape.polygon()],
+                        "area": int(mask.sum()),
+                        "bbox": _bbox(mask),
+                        "iscrowd": 0,
+                    }
+                )
+                if k in item.expressions:
+                    refs.append(_ref(len(refs) + 1, *image, ann_id, CATEGORY_IDS[shape.kind], sentences.make(item.expressions[k])))
+            for group, texts in item.groups.items():
+                extra.append((*image, [first_ann_id + k for k in group], [CATEGORY_IDS[item.shapes[k].kind] for k in group], texts))
+            extra += [(*image, [-1], [-1], [text]) for text in item.absent]
     (dataset_dir / "instances.json").write_text(json.dumps(instances))
     plain, grefs = dataset_dir / "refs(unc).p", dataset_dir / "grefs(unc).json"
     if not generalized:
