@@ -1,4 +1,4 @@
-"""The demo (``mmnet demo``): the whole project on a CPU in about 11 minutes (two cores).
+"""The demo (``mmnet demo``): the whole project on a CPU in about 12 minutes (two cores).
 
 Writes a synthetic referring dataset, trains a small MMNet from scratch, evaluates it on val,
 testA and testB, and writes ``report.md`` (metrics, settings, time taken) and
