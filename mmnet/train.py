@@ -394,7 +394,7 @@ def _saved_step(directory: Path) -> Optional[int]:
 def optimization(model: MMNet, config: Config, *, total_steps: int) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
     """Adam over ``parameter_groups`` and the polynomial decay over ``total_steps`` optimizer steps.
 
-    On CPUs and CUDA GPUs Adam runs fused, one kernel over all parameters: the same update to
+    On CPUs and CUDA GPUs Adam runs fused, one operator call over all parameters: the same update to
     float rounding, and on the demo's model a step 1.2 times as fast (docs/performance.md).
     """
     train = config.train
