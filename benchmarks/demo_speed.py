@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, in_turns, write_results  # noqa: E402
+from common import REPO, in_turns, inputs, write_results  # noqa: E402
 
 ADAMS = {"plain": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -43,10 +43,8 @@ def training_step(*, batch: int, warmup: int, repeats: int) -> dict:
     config = load_config(REPO / "configs" / "demo.yaml")
     torch.manual_seed(0)
     first = build_mmnet(config.model, load_clip_weights=False)
+    images, tokens = inputs(config.model, batch, torch.device("cpu"))
     size = config.model.image_size
-    images = torch.randn(batch, 3, size, size)
-    tokens = torch.randint(1, 400, (batch, config.model.context_length))
-    tokens[:, 8:] = 0
     masks = (torch.rand(batch, 1, size, size) > 0.8).float()
     loss = loss_function(config, has_estimator=first.estimator is not None)
 
@@ -88,7 +86,7 @@ def synthesis(*, images: int, workers: int, samples: int) -> dict:
     counts = (images, 100, 100, 100)
     seconds, digests = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
-        for n in (1, workers):
+        for n in sorted({1, workers}):
             out = Path(scratch) / f"workers_{n}"
             start = time.perf_counter()
             write_synthetic(out, images=counts, progress=False, workers=n)

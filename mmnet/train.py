@@ -395,7 +395,7 @@ def optimization(model: MMNet, config: Config, *, total_steps: int) -> tuple[tor
     """Adam over ``parameter_groups`` and the polynomial decay over ``total_steps`` optimizer steps.
 
     On CPUs and CUDA GPUs Adam runs fused, one operator call over all parameters: the same update to
-    float rounding, and on the demo's model a step 1.2 times as fast (docs/performance.md).
+    float rounding, and on the demo's model a step takes 0.91 times as long (docs/performance.md).
     """
     train = config.train
     devices = {p.device.type for p in model.parameters()}

@@ -56,7 +56,6 @@ GENERALIZED_SHARES = {"multi": 0.1, "none": 0.1}
 IMAGES_PER_TASK = 32
 
 
-
 @dataclass
 class SyntheticImage:
     image_id: int
