@@ -6,13 +6,14 @@ Each row is trained once per seed and reported as mean ± sd over the seeds, wit
 diagnostic (mmnet/diagnostics.py) beside the metrics. A text-blind control (every expression
 replaced by an empty one) shows what the images alone give away. Results go to
 benchmarks/results/ablations.json and docs/ablations.md, beside the paper's figures (RefCOCO+
-testA, ResNet-50, 50 epochs).
+testA, ResNet-50, 50 epochs): one table per budget (``--images``, ``--epochs``, ``--config``,
+``--data-seed``) that the runs file holds, the largest training set first.
 
 Runs go to ``--jobs`` processes of ``--threads`` torch threads each: on two cores two runs of one
 thread train faster together than two runs of two threads one after the other. Each finished
 run is appended to ``--runs-file`` (benchmarks/results/ablations_runs.jsonl, kept in the
 repository); a second call with the same settings skips what is there, so an interrupted sweep
-continues where it stopped, on this machine or another; ``--report-only`` writes the table from
+continues where it stopped, on this machine or another; ``--report-only`` writes the tables from
 what is there.
 
     python benchmarks/ablations.py                                      # every row, seeds 0 1 2
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import shutil
 import statistics
@@ -32,15 +32,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from mmnet.config import paper_text_overrides
 from mmnet.experiment import EVAL_SPLITS as SPLITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeps import read_runs, run_folder, train_fresh, train_in_processes  # noqa: E402
+from sweeps import machine, read_runs, run_folder, runs_by_settings, train_fresh, train_in_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = "configs/demo.yaml"
+DEFAULT_JOBS, DEFAULT_THREADS = 2, 1
 FULL_NAME = "Nq = 24 (full model)"
 
 # (name, overrides, the paper's RefCOCO+ testA mIoU for the same setting or None): every row of
@@ -92,36 +92,65 @@ def train_and_evaluate(*, name: str, overrides: list[str], seed: int, config: st
     }
 
 
-def run(args) -> dict:
+def run(args) -> None:
+    """Trains the runs of ``args``'s rows and seeds at its budget that ``--runs-file`` lacks."""
     out = Path(args.out)
-    data_root = out / f"data_{'_'.join(map(str, args.images))}_seed{args.data_seed}"
-    if not (data_root / "synthref" / "instances.json").is_file():
-        shutil.rmtree(data_root, ignore_errors=True)  # a set whose writing was interrupted
-        write_synthetic_set(data_root, args)
     wanted = [r for r in RUNS if not args.rows or r[0] in args.rows]
     unknown = set(args.rows or ()) - {r[0] for r in RUNS}
     if unknown:
         raise SystemExit(f"unknown rows: {', '.join(sorted(unknown))}; known: {', '.join(r[0] for r in RUNS)}")
     done_file = Path(args.runs_file)
     done = read_runs(done_file, _settings(args))
+    data_root = out / f"data_{'_'.join(map(str, args.images))}_seed{args.data_seed}"
     tasks = [
         dict(name=name, overrides=overrides, seed=seed, config=args.config, data_root=str(data_root), out=str(out), epochs=args.epochs, threads=args.threads)
         for seed in args.seeds
         for name, overrides, _ in wanted
-        if (name, seed) not in done and not args.report_only
+        if (name, seed) not in done
     ]
     print(f"{len(tasks)} runs to train ({len(done)} done before) in {args.jobs} processes", flush=True)
+    if tasks and not (data_root / "synthref" / "instances.json").is_file():
+        shutil.rmtree(data_root, ignore_errors=True)  # a set whose writing was interrupted
+        write_synthetic_set(data_root, args)
     announce = lambda r: f"== {r['name']}, seed {r['seed']}: testA mIoU {r['metrics']['testA']['mIoU']:.2f}"  # noqa: E731
-    for result in train_in_processes(train_and_evaluate, tasks, jobs=args.jobs, runs_file=done_file, settings=_settings(args), announce=announce):
-        done[(result["name"], result["seed"])] = result
-    runs = [done[(name, seed)] for name, _, _ in wanted for seed in args.seeds if (name, seed) in done]
-    return {
-        # The command that trains what the table shows (a report-only call reads it back).
-        "command": shlex.join(["python", "benchmarks/ablations.py", *(a for a in args.argv if a != "--report-only")]),
-        **_settings(args),
-        "machine": {"processor": platform.machine(), "jobs": args.jobs, "threads": args.threads, "torch": torch.__version__},
-        "runs": runs,
-    }
+    where = machine(jobs=args.jobs, threads=args.threads)
+    train_in_processes(train_and_evaluate, tasks, jobs=args.jobs, runs_file=done_file, settings=_settings(args), announce=announce, where=where)
+
+
+def budgets(runs_file: Path) -> list[dict]:
+    """Every budget (settings) that ``runs_file`` holds runs of, the largest training set first:
+    its settings, the command that trains what it holds, where its runs trained, and its runs in
+    the table's order (rows as in RUNS, then seeds)."""
+    found = []
+    for group in runs_by_settings(runs_file).values():
+        first = next(iter(group.values()))
+        seeds = sorted({seed for _, seed in group})
+        names = [name for name, _, _ in RUNS if any((name, seed) in group for seed in seeds)]
+        where = first.get("machine")
+        found.append(
+            {
+                "command": command(first["settings"], seeds=seeds, rows=names, where=where),
+                **first["settings"],
+                "machine": where,
+                "runs": [group[(name, seed)] for name in names for seed in seeds if (name, seed) in group],
+            }
+        )
+    return sorted(found, key=lambda b: (-b["images"][0], -b["epochs"]))
+
+
+def command(settings: dict, *, seeds: list[int], rows: list[str], where: Optional[dict]) -> str:
+    """The call of this script that trains ``rows`` x ``seeds`` at ``settings``."""
+    argv = ["python", "benchmarks/ablations.py", "--images", *map(str, settings["images"]), "--epochs", str(settings["epochs"])]
+    argv += ["--seeds", *map(str, seeds)]
+    if set(rows) != {name for name, _, _ in RUNS}:
+        argv += ["--rows", *rows]
+    if settings["config"] != DEFAULT_CONFIG:
+        argv += ["--config", settings["config"]]
+    if settings["data_seed"] != 0:
+        argv += ["--data-seed", str(settings["data_seed"])]
+    if where and (where["jobs"], where["threads"]) != (DEFAULT_JOBS, DEFAULT_THREADS):
+        argv += ["--jobs", str(where["jobs"]), "--threads", str(where["threads"])]
+    return shlex.join(argv)
 
 
 def write_synthetic_set(data_root: Path, args) -> None:
@@ -222,43 +251,64 @@ def trends(rows: dict[str, dict]) -> list[str]:
     return lines
 
 
-def markdown(results: dict) -> str:
-    rows = summary(results)
-    paper = {name: value for name, _, value in RUNS}
-    columns = [
-        ("testA mIoU", "testA mIoU", 2),
-        ("testA oIoU", "testA oIoU", 2),
-        ("testA Pr@0.5", "testA Pr@0.5", 2),
-        ("val mIoU", "val mIoU", 2),
-        ("testB mIoU", "testB mIoU", 2),
-        ("word entropy", "word_attention_entropy", 3),
-        ("mask IoU", "query_mask_iou", 3),
-        ("score spread", "score_spread", 3),
-    ]
-    seeds = sorted({seed for row in rows.values() for seed in row["seeds"]})
+COLUMNS = [
+    ("testA mIoU", "testA mIoU", 2),
+    ("testA oIoU", "testA oIoU", 2),
+    ("testA Pr@0.5", "testA Pr@0.5", 2),
+    ("val mIoU", "val mIoU", 2),
+    ("testB mIoU", "testB mIoU", 2),
+    ("word entropy", "word_attention_entropy", 3),
+    ("mask IoU", "query_mask_iou", 3),
+    ("score spread", "score_spread", 3),
+]
+
+
+def markdown(found: list[dict]) -> str:
+    """docs/ablations.md: a section per budget of ``budgets``."""
     lines = [
         "# Ablations",
         "",
         "The switches of the paper's Tables 2-4, each trained from scratch on the synthetic referring",
-        f"dataset with one budget ({results['epochs']} epochs of `{results['config']}` on {results['images'][0]} training",
-        f"images), once per seed ({', '.join(map(str, seeds))}), reported as mean ± sd over the seeds. The",
+        "dataset, once per seed, reported as mean ± sd over the seeds. Each section below is one",
+        "budget (training images and epochs of the demo's model), the largest first, with the command",
+        "that trains it; a budget whose sweep is not finished says which rows and seeds it lacks. The",
         "paper's column is RefCOCO+ testA with a pretrained ResNet-50 over 50 epochs: the scale differs,",
         "the direction of each change is what to compare. Metrics in percent; the query diagnostic",
         "(word entropy, mask IoU, score spread: `mmnet/diagnostics.py`, docs/training.md) on testA.",
         "",
-        "| run | seeds | " + " | ".join(title for title, _, _ in columns) + " | paper testA mIoU | train s |",
-        "| --- | --- | " + " | ".join("---" for _ in columns) + " | --- | --- |",
+    ]
+    if not found:
+        lines += ["No run yet: `python benchmarks/ablations.py` trains every row.", ""]
+    for results in found:
+        lines += section(results)
+    return "\n".join(lines)
+
+
+def section(results: dict) -> list[str]:
+    """One budget's table, where it follows the paper's ordering, and the command behind it."""
+    rows = summary(results)
+    paper = {name: value for name, _, value in RUNS}
+    seeds = sorted({seed for row in rows.values() for seed in row["seeds"]})
+    images = results["images"]
+    lines = [
+        f"## {images[0]:,} training images, {results['epochs']} epochs",
+        "",
+        f"`{results['config']}` trained for {results['epochs']} epochs on {images[0]:,} synthetic training images "
+        f"(val, testA, testB: {images[1]}, {images[2]}, {images[3]} images), seeds {', '.join(map(str, seeds))}.",
+        "",
+        "| run | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " | paper testA mIoU | train s |",
+        "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- | --- |",
     ]
     for name, row in rows.items():
         reference = f"{paper[name]:.2f}" if paper.get(name) is not None else "-"
         lines.append(
             f"| {name} | {len(row['seeds'])} | "
-            + " | ".join(_cell(row, key, digits) for _, key, digits in columns)
+            + " | ".join(_cell(row, key, digits) for _, key, digits in COLUMNS)
             + f" | {reference} | {row['mean']['train s']:.0f} |"
         )
     missing = [name for name, _, _ in RUNS if name not in rows]
     if missing:
-        lines += ["", "Not run: " + ", ".join(missing) + "."]
+        lines += ["", "Not run at this budget: " + ", ".join(missing) + " (`--rows` names them)."]
     short = [name for name, row in rows.items() if len(row["seeds"]) < len(seeds)]
     if short:
         lines += [
@@ -266,44 +316,40 @@ def markdown(results: dict) -> str:
             f"Rows with fewer than {len(seeds)} seeds ({', '.join(short)}) were not finished when the sweep",
             "was stopped; running the command below again trains only what is missing.",
         ]
-    lines += ["", "## Where the paper's ordering holds and where it does not", "", *trends(rows), ""]
-    lines += [
-        "The train column is wall-clock seconds per run, with "
-        f"{results['machine']['jobs']} runs of {results['machine']['threads']} thread(s) sharing the machine.",
-        "",
-        "Produced by:",
-        "",
-        "```bash",
-        results["command"].strip(),
-        "```",
-        "",
-        f"Machine: {results['machine']['processor']}, torch {results['machine']['torch']}.",
-        "",
-    ]
-    return "\n".join(lines)
+    lines += ["", "### Where the paper's ordering holds and where it does not", "", *trends(rows), ""]
+    where = results.get("machine")
+    if where:
+        lines += [
+            f"The train column is wall-clock seconds per run, with {where['jobs']} runs of {where['threads']} thread(s) sharing the machine "
+            f"({where['processor']}, torch {where['torch']}).",
+            "",
+        ]
+    lines += ["Produced by:", "", "```bash", results["command"], "```", ""]
+    return lines
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default=str(REPO / DEFAULT_CONFIG))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images", type=int, nargs=4, default=[3000, 100, 100, 100], metavar=("TRAIN", "VAL", "TESTA", "TESTB"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", help="run only these rows, by name")
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help="runs trained at once")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads of each run")
     parser.add_argument("--runs-file", default=str(REPO / "benchmarks" / "results" / "ablations_runs.jsonl"))
-    parser.add_argument("--report-only", action="store_true", help="write the table from --runs-file without training")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from --runs-file without training")
     parser.add_argument("--out", default="runs/ablations")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "ablations.json"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "ablations.md"))
     args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
-    results = run(args)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    Path(args.doc).write_text(markdown(results))
-    print(markdown(results))
+    if not args.report_only:
+        run(args)
+    found = budgets(Path(args.runs_file))
+    Path(args.json).write_text(json.dumps({"budgets": found}, indent=2))
+    Path(args.doc).write_text(markdown(found))
+    print(markdown(found))
 
 
 if __name__ == "__main__":

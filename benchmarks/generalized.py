@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import shutil
 import statistics
@@ -30,12 +29,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from mmnet.experiment import EVAL_SPLITS as SPLITS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeps import read_runs, run_folder, train_fresh, train_in_processes  # noqa: E402
+from sweeps import machine, read_runs, run_folder, train_fresh, train_in_processes  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GENERALIZED, PLAIN = "synthgref", "synthref"
@@ -126,12 +123,13 @@ def run(args) -> dict:
         if (name, seed) not in done and not args.report_only
     ]
     print(f"{len(tasks)} runs to train ({len(done)} done before) in {args.jobs} processes", flush=True)
-    for result in train_in_processes(train_and_evaluate, tasks, jobs=args.jobs, runs_file=done_file, settings=_settings(args), announce=_announce):
+    where = machine(jobs=args.jobs, threads=args.threads)
+    for result in train_in_processes(train_and_evaluate, tasks, jobs=args.jobs, runs_file=done_file, settings=_settings(args), announce=_announce, where=where):
         done[(result["name"], result["seed"])] = result
     return {
         "command": shlex.join(["python", "benchmarks/generalized.py", *(a for a in args.argv if a != "--report-only")]),
         **_settings(args),
-        "machine": {"processor": platform.machine(), "jobs": args.jobs, "threads": args.threads, "torch": torch.__version__},
+        "machine": where,
         "runs": [done[(name, seed)] for name, _, _ in wanted for seed in args.seeds if (name, seed) in done],
     }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import platform
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -14,26 +15,44 @@ from typing import Callable, Optional
 import torch
 
 
+def machine(*, jobs: int, threads: int) -> dict:
+    """Where a sweep's runs train: ``jobs`` runs at once of ``threads`` torch threads each."""
+    return {"processor": platform.machine(), "jobs": jobs, "threads": threads, "torch": torch.__version__}
+
+
 def read_runs(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
     """The runs in ``path`` made with ``settings``, by (name, seed)."""
-    done = {}
+    return runs_by_settings(path).get(json.dumps(settings, sort_keys=True), {})
+
+
+def runs_by_settings(path: Path) -> dict[str, dict[tuple[str, int], dict]]:
+    """Every run in ``path``, grouped by its settings (as sorted JSON) in the order each settings
+    first appears, then by (name, seed); a later line for the same run replaces an earlier one."""
+    groups: dict[str, dict[tuple[str, int], dict]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             result = json.loads(line)
-            if result.get("settings") == settings:
-                done[(result["name"], result["seed"])] = result
-    return done
+            groups.setdefault(json.dumps(result.get("settings"), sort_keys=True), {})[(result["name"], result["seed"])] = result
+    return groups
 
 
 def train_in_processes(
-    function: Callable[..., dict], tasks: list[dict], *, jobs: int, runs_file: Path, settings: dict, announce: Callable[[dict], str]
+    function: Callable[..., dict],
+    tasks: list[dict],
+    *,
+    jobs: int,
+    runs_file: Path,
+    settings: dict,
+    announce: Callable[[dict], str],
+    where: Optional[dict] = None,
 ) -> list[dict]:
     """Runs ``function(**task)`` for every task in ``jobs`` fresh processes; appends each result,
-    with ``settings``, to ``runs_file`` as it ends and prints ``announce(result)``."""
+    with ``settings`` and ``where`` (``machine``), to ``runs_file`` as it ends and prints
+    ``announce(result)``."""
     results = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for future in as_completed([pool.submit(function, **task) for task in tasks]):
-            result = {**future.result(), "settings": settings}
+            result = {**future.result(), "settings": settings, **({"machine": where} if where else {})}
             runs_file.parent.mkdir(parents=True, exist_ok=True)
             with runs_file.open("a") as f:
                 f.write(json.dumps(result) + "\n")
