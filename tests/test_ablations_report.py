@@ -74,7 +74,7 @@ def test_each_budget_is_a_table_of_its_own_runs_the_largest_first(ablations, tmp
     assert f"| {full} | 2 | 22.00 ± 11.31 |" in large_part
     assert f"| {blind} | 2 | 6.00 ± 1.41 |" in large_part
     assert "the expressions are worth 16.00 points here" in large_part
-    assert "Not run at this budget: Nq = 1, " in large_part
+    assert "Not run at this budget: Nq = 1; Nq = 2; " in large_part
     small_part = page[page.index("## 100") :]
     assert f"| {full} | 2 | 11.00 ± 1.41 |" in small_part
 
