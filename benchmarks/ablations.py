@@ -225,8 +225,12 @@ def trends(rows: dict[str, dict]) -> list[str]:
             verdict = "the full model is ahead by more than the seeds' sd"
         elif difference > 0:
             verdict = "the full model is ahead, but by less than the seeds' sd"
+        elif difference >= -spread:
+            verdict = "the full model is not ahead, and the gap is within the seeds' sd"
         else:
-            verdict = "the full model is not ahead" + ("; in the paper it is" if table.startswith("Table") else "")
+            verdict = "the full model is behind by more than the seeds' sd"
+        if difference <= 0 and table.startswith("Table"):
+            verdict += "; in the paper it is ahead"
         lines.append(
             f"- Full model against {name} ({table}): {difference:+.2f} testA mIoU (largest sd of the two {spread:.2f}): {verdict}."
         )

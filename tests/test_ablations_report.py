@@ -60,11 +60,14 @@ def test_each_budget_is_a_table_of_its_own_runs_the_largest_first(ablations, tmp
             _run(blind, 1, 7.0, large),
             _run(full, 1, 99.0, small),
             _run(full, 1, 12.0, small),  # a rerun of the same run replaces the line above
+            _run("Nq = 1", 0, 40.0, large),
+            _run("Nq = 1", 1, 42.0, large),
         ],
     )
     found = ablations.budgets(path)
     assert [b["images"][0] for b in found] == [400, 100]
-    assert [(r["name"], r["seed"]) for r in found[0]["runs"]] == [(full, 0), (full, 1), (blind, 0), (blind, 1)]
+    order = [("Nq = 1", 0), ("Nq = 1", 1), (full, 0), (full, 1), (blind, 0), (blind, 1)]
+    assert [(r["name"], r["seed"]) for r in found[0]["runs"]] == order
     assert [r["metrics"]["testA"]["mIoU"] for r in found[1]["runs"]] == [10.0, 12.0]
 
     page = ablations.markdown(found)
@@ -74,7 +77,9 @@ def test_each_budget_is_a_table_of_its_own_runs_the_largest_first(ablations, tmp
     assert f"| {full} | 2 | 22.00 ± 11.31 |" in large_part
     assert f"| {blind} | 2 | 6.00 ± 1.41 |" in large_part
     assert "the expressions are worth 16.00 points here" in large_part
-    assert "Not run at this budget: Nq = 1; Nq = 2; " in large_part
+    # 22 against 41 (sd 1.41): 19 points behind, more than the larger sd, 11.31
+    assert "Full model against Nq = 1 (Table 2): -19.00 testA mIoU (largest sd of the two 11.31): the full model is behind" in large_part
+    assert "Not run at this budget: Nq = 2; Nq = 4; " in large_part
     small_part = page[page.index("## 100") :]
     assert f"| {full} | 2 | 11.00 ± 1.41 |" in small_part
 
