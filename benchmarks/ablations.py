@@ -18,7 +18,8 @@ what is there.
 
     python benchmarks/ablations.py                                      # every row, seeds 0 1 2
     python benchmarks/ablations.py --rows "Nq = 24 (full model)" "Nq = 1" --seeds 0
-    python benchmarks/ablations.py --epochs 1 --images 300 50 50 50     # a quick look
+    python benchmarks/ablations.py --epochs 1 --images 300 50 50 50 \\
+        --runs-file /tmp/r.jsonl --json /tmp/r.json --doc /tmp/r.md     # a quick look, kept apart
 """
 
 from __future__ import annotations
@@ -123,24 +124,35 @@ def run(args) -> None:
 
 
 def budgets(runs_file: Path) -> list[dict]:
-    """Every budget (settings) that ``runs_file`` holds runs of, the largest training set first:
-    its settings, the command that trains what it holds, where its runs trained, and its runs in
-    the table's order (rows as in RUNS, then seeds)."""
+    """Every budget (settings) that ``runs_file`` holds runs of rows in RUNS, the largest training
+    set first: its settings, the command that trains what it holds, where its runs trained (each
+    distinct machine), its runs in the table's order (rows as in RUNS, then seeds), and the names
+    of rows it holds that RUNS no longer defines."""
+    known = [name for name, _, _ in RUNS]
     found = []
-    for group in runs_by_settings(runs_file).values():
-        first = next(iter(group.values()))
-        seeds = sorted({seed for _, seed in group})
-        names = [name for name, _, _ in RUNS if any((name, seed) in group for seed in seeds)]
-        where = first.get("machine")
+    for key, group in runs_by_settings(runs_file).items():
+        if key == "null":  # a record without settings belongs to no budget
+            continue
+        kept = {run: result for run, result in group.items() if run[0] in known}
+        if not kept:
+            continue
+        settings = next(iter(kept.values()))["settings"]
+        seeds = sorted({seed for _, seed in kept})
+        names = [name for name in known if any((name, seed) in kept for seed in seeds)]
+        machines = []
+        for result in kept.values():
+            if result.get("machine") not in machines:
+                machines.append(result.get("machine"))
         found.append(
             {
-                "command": command(first["settings"], seeds=seeds, rows=names, where=where),
-                **first["settings"],
-                "machine": where,
-                "runs": [group[(name, seed)] for name in names for seed in seeds if (name, seed) in group],
+                "command": command(settings, seeds=seeds, rows=names, where=machines[0] if len(machines) == 1 else None),
+                **settings,
+                "machines": machines,
+                "unknown_rows": sorted({name for name, _ in group} - set(known)),
+                "runs": [kept[(name, seed)] for name in names for seed in seeds if (name, seed) in kept],
             }
         )
-    return sorted(found, key=lambda b: (-b["images"][0], -b["epochs"]))
+    return sorted(found, key=lambda b: (-b["images"][0], -b["epochs"], b["config"], b["data_seed"]))
 
 
 def command(settings: dict, *, seeds: list[int], rows: list[str], where: Optional[dict]) -> str:
@@ -208,6 +220,34 @@ def _cell(row: dict, key: str, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
+def _comparison(full: dict, other: dict, *, paper_ahead: bool) -> str:
+    """The full model's testA mIoU against another row's, on the seeds both ran: the mean of
+    the differences, the larger of the two rows' sds on those seeds, and the seeds each wins."""
+    full_by_seed = dict(zip(full["seeds"], full["values"]["testA mIoU"]))
+    other_by_seed = dict(zip(other["seeds"], other["values"]["testA mIoU"]))
+    seeds = [seed for seed in full["seeds"] if seed in other_by_seed]
+    if not seeds:
+        return "no seed in common"
+    ours, theirs = [full_by_seed[s] for s in seeds], [other_by_seed[s] for s in seeds]
+    difference = statistics.fmean(ours) - statistics.fmean(theirs)
+    spread = max(_sd(ours) or 0.0, _sd(theirs) or 0.0)
+    if difference > spread:
+        verdict = "the full model is ahead by more than the seeds' sd"
+    elif difference > 0:
+        verdict = "the full model is ahead, but by less than the seeds' sd"
+    elif difference >= -spread:
+        verdict = "the full model is not ahead, and the gap is within the seeds' sd"
+    else:
+        verdict = "the full model is behind by more than the seeds' sd"
+    if difference <= 0 and paper_ahead:
+        verdict += "; in the paper it is ahead"
+    wins = sum(a > b for a, b in zip(ours, theirs))
+    on = "" if len(seeds) == len(full["seeds"]) == len(other["seeds"]) else f" on the seeds both ran ({', '.join(map(str, seeds))})"
+    return (
+        f"{difference:+.2f} testA mIoU{on} (largest sd of the two {spread:.2f}), ahead on {wins} of {len(seeds)} seeds: {verdict}"
+    )
+
+
 def trends(rows: dict[str, dict]) -> list[str]:
     """Where the paper's ordering holds by more than the seeds' spread, and where not."""
     full = rows.get(FULL_NAME)
@@ -219,21 +259,7 @@ def trends(rows: dict[str, dict]) -> list[str]:
         if other is None:
             lines.append(f"- {name} ({table}): not run.")
             continue
-        difference = full["mean"]["testA mIoU"] - other["mean"]["testA mIoU"]
-        spread = max(s for s in (full["sd"]["testA mIoU"], other["sd"]["testA mIoU"], 0.0) if s is not None)
-        if difference > spread:
-            verdict = "the full model is ahead by more than the seeds' sd"
-        elif difference > 0:
-            verdict = "the full model is ahead, but by less than the seeds' sd"
-        elif difference >= -spread:
-            verdict = "the full model is not ahead, and the gap is within the seeds' sd"
-        else:
-            verdict = "the full model is behind by more than the seeds' sd"
-        if difference <= 0 and table.startswith("Table"):
-            verdict += "; in the paper it is ahead"
-        lines.append(
-            f"- Full model against {name} ({table}): {difference:+.2f} testA mIoU (largest sd of the two {spread:.2f}): {verdict}."
-        )
+        lines.append(f"- Full model against {name} ({table}): {_comparison(full, other, paper_ahead=table.startswith('Table'))}.")
     nq = sorted(((int(n.split()[2]), r) for n, r in rows.items() if n.startswith("Nq = ") and "," not in n), key=lambda p: p[0])
     if nq:
         best = max(nq, key=lambda p: p[1]["mean"]["testA mIoU"])[0]
@@ -279,8 +305,8 @@ def markdown(found: list[dict]) -> str:
         "",
         "The switches of the paper's Tables 2-4, each trained from scratch on the synthetic referring",
         "dataset, once per seed, reported as mean ± sd over the seeds. Each section below is one",
-        "budget (training images and epochs of the demo's model), the largest first, with the command",
-        "that trains it; a budget whose sweep is not finished says which rows and seeds it lacks. The",
+        "budget (a config, its training images and epochs, the data seed), the largest first, with the",
+        "command that trains it; it names the rows it lacks and those with fewer seeds than the rest. The",
         "paper's column is RefCOCO+ testA with a pretrained ResNet-50 over 50 epochs: the scale differs,",
         "the direction of each change is what to compare. Metrics in percent; the query diagnostic",
         "(word entropy, mask IoU, score spread: `mmnet/diagnostics.py`, docs/training.md) on testA.",
@@ -299,8 +325,10 @@ def section(results: dict) -> list[str]:
     paper = {name: value for name, _, value in RUNS}
     seeds = sorted({seed for row in rows.values() for seed in row["seeds"]})
     images = results["images"]
+    extra = "" if results["config"] == DEFAULT_CONFIG else f", {results['config']}"
+    extra += "" if results["data_seed"] == 0 else f", data seed {results['data_seed']}"
     lines = [
-        f"## {images[0]:,} training images, {results['epochs']} epochs",
+        f"## {images[0]:,} training images, {results['epochs']} epochs{extra}",
         "",
         f"`{results['config']}` trained for {results['epochs']} epochs on {images[0]:,} synthetic training images "
         f"(val, testA, testB: {images[1]}, {images[2]}, {images[3]} images), seeds {', '.join(map(str, seeds))}.",
@@ -326,18 +354,30 @@ def section(results: dict) -> list[str]:
             "lack, and only those: what the runs file holds is not trained again.",
         ]
     lines += ["", "### Where the paper's ordering holds and where it does not", "", *trends(rows), ""]
-    where = results.get("machine")
-    if where:
-        lines += [
-            f"The train column is wall-clock seconds per run, with {where['jobs']} runs of {where['threads']} thread(s) sharing the machine "
-            f"({where['processor']}, torch {where['torch']}).",
-            "",
+    machines = results["machines"]
+    if machines == [None]:
+        lines += ["The train column is wall-clock seconds per run; where the runs trained was not recorded.", ""]
+    else:
+        described = [
+            "not recorded" if m is None else f"{m['jobs']} runs of {m['threads']} thread(s) sharing a {m['processor']} machine, torch {m['torch']}"
+            for m in machines
         ]
-    lines += ["Produced by:", "", "```bash", results["command"], "```", ""]
+        lines += ["The train column is wall-clock seconds per run: " + "; ".join(described) + ".", ""]
+    if results["unknown_rows"]:
+        lines += ["Runs of rows this script no longer defines, left out: " + "; ".join(results["unknown_rows"]) + ".", ""]
+    lines += [
+        "Produced by (it trains only what the runs file lacks; add `--runs-file`, `--json` and `--doc` with new",
+        "paths to train the table again from nothing):",
+        "",
+        "```bash",
+        results["command"],
+        "```",
+        "",
+    ]
     return lines
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / DEFAULT_CONFIG))
     parser.add_argument("--epochs", type=int, default=2)
@@ -352,7 +392,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", default="runs/ablations")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "ablations.json"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "ablations.md"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parser().parse_args(argv)
     if not args.report_only:
         run(args)
     found = budgets(Path(args.runs_file))

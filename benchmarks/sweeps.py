@@ -44,7 +44,7 @@ def train_in_processes(
     runs_file: Path,
     settings: dict,
     announce: Callable[[dict], str],
-    where: Optional[dict] = None,
+    where: dict,
 ) -> list[dict]:
     """Runs ``function(**task)`` for every task in ``jobs`` fresh processes; appends each result,
     with ``settings`` and ``where`` (``machine``), to ``runs_file`` as it ends and prints
@@ -52,7 +52,7 @@ def train_in_processes(
     results = []
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for future in as_completed([pool.submit(function, **task) for task in tasks]):
-            result = {**future.result(), "settings": settings, **({"machine": where} if where else {})}
+            result = {**future.result(), "settings": settings, "machine": where}
             runs_file.parent.mkdir(parents=True, exist_ok=True)
             with runs_file.open("a") as f:
                 f.write(json.dumps(result) + "\n")

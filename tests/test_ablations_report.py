@@ -78,28 +78,72 @@ def test_each_budget_is_a_table_of_its_own_runs_the_largest_first(ablations, tmp
     assert f"| {blind} | 2 | 6.00 ± 1.41 |" in large_part
     assert "the expressions are worth 16.00 points here" in large_part
     # 22 against 41 (sd 1.41): 19 points behind, more than the larger sd, 11.31
-    assert "Full model against Nq = 1 (Table 2): -19.00 testA mIoU (largest sd of the two 11.31): the full model is behind" in large_part
+    assert "Full model against Nq = 1 (Table 2): -19.00 testA mIoU (largest sd of the two 11.31), ahead on 0 of 2 seeds: the full model is behind" in large_part
     assert "Not run at this budget: Nq = 2; Nq = 4; " in large_part
     small_part = page[page.index("## 100") :]
     assert f"| {full} | 2 | 11.00 ± 1.41 |" in small_part
 
 
-def test_the_command_given_for_a_budget_trains_what_its_table_holds(ablations, tmp_path):
-    settings = _settings(400, epochs=3)
-    path = _write(tmp_path / "runs.jsonl", [_run("Nq = 1", 0, 1.0, settings, jobs=1, threads=2), _run("Nq = 1", 2, 1.0, settings)])
-    (budget,) = ablations.budgets(path)
+def test_the_command_given_for_a_budget_parses_back_to_its_settings_rows_and_seeds(ablations, tmp_path):
+    settings = {**_settings(400, epochs=3), "data_seed": 7, "config": "configs/other.yaml"}
+    runs = [_run("Nq = 1", 0, 1.0, settings, jobs=1, threads=2), _run("Nq = 24, w/o MMP", 2, 1.0, settings, jobs=1, threads=2)]
+    (budget,) = ablations.budgets(_write(tmp_path / "runs.jsonl", runs))
     argv = shlex.split(budget["command"])
     assert argv[:2] == ["python", "benchmarks/ablations.py"]
-    assert argv[argv.index("--images") + 1 : argv.index("--images") + 5] == ["400", "10", "10", "10"]
-    assert argv[argv.index("--epochs") + 1] == "3"
-    assert argv[argv.index("--seeds") + 1 : argv.index("--rows")] == ["0", "2"]
-    assert argv[argv.index("--rows") + 1] == "Nq = 1"
-    assert argv[argv.index("--jobs") + 1 : argv.index("--jobs") + 4] == ["1", "--threads", "2"]
-    assert "--config" not in argv and "--data-seed" not in argv
+    args = ablations.parser().parse_args(argv[2:])
+    assert ablations._settings(args) == settings
+    assert args.rows == ["Nq = 1", "Nq = 24, w/o MMP"] and args.seeds == [0, 2]
+    assert (args.jobs, args.threads) == (1, 2)
+    assert "## 400 training images, 3 epochs, configs/other.yaml, data seed 7" in ablations.markdown([budget])
 
     every_row = [name for name, _, _ in ablations.RUNS]
     plain = ablations.command(_settings(100), seeds=[0], rows=every_row, where=None)
     assert plain == "python benchmarks/ablations.py --images 100 10 10 10 --epochs 2 --seeds 0"
+
+
+def test_runs_of_rows_no_longer_defined_are_named_and_left_out_of_table_and_command(ablations, tmp_path):
+    settings = _settings(100)
+    gone = _run("Nq = 24, a row since removed", 5, 50.0, settings)
+    del gone["machine"]  # and a run from before runs recorded where they trained
+    (budget,) = ablations.budgets(_write(tmp_path / "runs.jsonl", [_run("Nq = 1", 0, 1.0, settings), gone]))
+    assert [r["name"] for r in budget["runs"]] == ["Nq = 1"]
+    assert "--seeds 0 --rows 'Nq = 1'" in budget["command"]
+    page = ablations.markdown([budget])
+    assert "left out: Nq = 24, a row since removed." in page
+    assert "50.00" not in page
+    only_gone = ablations.budgets(_write(tmp_path / "gone.jsonl", [gone]))
+    assert only_gone == []
+
+
+def test_rows_are_compared_on_the_seeds_both_ran(ablations, tmp_path):
+    settings = _settings(100)
+    full, other = ablations.FULL_NAME, "Nq = 24, w/o MQE"
+    runs = [
+        _run(full, 0, 20.0, settings),
+        _run(full, 1, 22.0, settings),
+        _run(full, 2, 90.0, settings),  # no seed 2 of the other row: left out of the comparison
+        _run(other, 0, 19.0, settings),
+        _run(other, 1, 20.0, settings),
+    ]
+    page = ablations.markdown(ablations.budgets(_write(tmp_path / "runs.jsonl", runs)))
+    # means 21 and 19.5 on seeds 0 and 1; sds 1.41 and 0.71
+    expected = (
+        f"- Full model against {other} (Table 4): +1.50 testA mIoU on the seeds both ran (0, 1) (largest sd of the two 1.41), "
+        "ahead on 2 of 2 seeds: the full model is ahead by more than the seeds' sd."
+    )
+    assert expected in page
+    assert "Rows with fewer than 3 seeds: Nq = 24, w/o MQE." in page
+
+
+def test_a_gap_within_the_seeds_sd_is_told_apart_from_one_beyond_it(ablations):
+    def row(values):
+        return {"seeds": list(range(len(values))), "values": {"testA mIoU": values}}
+
+    within = ablations._comparison(row([20.0, 24.0]), row([22.0, 23.0]), paper_ahead=True)
+    assert within.startswith("-0.50 testA mIoU (largest sd of the two 2.83), ahead on 1 of 2 seeds")
+    assert within.endswith("the full model is not ahead, and the gap is within the seeds' sd; in the paper it is ahead")
+    barely = ablations._comparison(row([21.0, 23.0]), row([20.0, 23.0]), paper_ahead=True)
+    assert barely.endswith("ahead on 1 of 2 seeds: the full model is ahead, but by less than the seeds' sd")
 
 
 def test_an_empty_runs_file_gives_a_page_that_says_so(ablations, tmp_path):
