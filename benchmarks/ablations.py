@@ -71,16 +71,19 @@ RUNS = [
     ("Nq = 24, all query masks supervised", ["model.num_queries=24", "train.query_loss=all"], None),
     ("Nq = 24, loss on y only", ["model.num_queries=24", "train.query_loss=none"], None),
 ]
-# The paper's ordering: the full model above each of these (testA mIoU).
+# The paper's ordering (testA mIoU): (model, the row it is compared with, where the paper has the
+# pair). Where the place is a table, the paper has the model ahead.
 ORDERING = [
-    ("Nq = 1", "Table 2"),
-    ("Nq = 24, w/o MMP", "Table 3"),
-    ("Nq = 24, w/o MQE", "Table 4"),
-    ("Nq = 24, w/o f_vg", "Table 4"),
-    ("Nq = 24, w/o f_vg and MQE", "Table 4"),
-    ("Nq = 24, departures undone", "the departures"),
-    ("Nq = 24, all query masks supervised", "the per-query loss"),
-    ("Nq = 24, loss on y only", "the per-query loss"),
+    (FULL_NAME, "Nq = 1", "Table 2"),
+    (FULL_NAME, "Nq = 24, w/o MMP", "Table 3"),
+    ("Nq = 8", "Nq = 8, w/o MMP", "Table 3"),
+    ("Nq = 16", "Nq = 16, w/o MMP", "Table 3"),
+    (FULL_NAME, "Nq = 24, w/o MQE", "Table 4"),
+    (FULL_NAME, "Nq = 24, w/o f_vg", "Table 4"),
+    (FULL_NAME, "Nq = 24, w/o f_vg and MQE", "Table 4"),
+    (FULL_NAME, "Nq = 24, departures undone", "the departures"),
+    (FULL_NAME, "Nq = 24, all query masks supervised", "the per-query loss"),
+    (FULL_NAME, "Nq = 24, loss on y only", "the per-query loss"),
 ]
 
 
@@ -220,9 +223,10 @@ def _cell(row: dict, key: str, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
-def _comparison(full: dict, other: dict, *, paper_ahead: bool) -> str:
-    """The full model's testA mIoU against another row's, on the seeds both ran: the mean of
-    the differences, the larger of the two rows' sds on those seeds, and the seeds each wins."""
+def _comparison(full: dict, other: dict, *, paper_ahead: bool, model: str = "the full model") -> str:
+    """``model``'s row ``full``'s testA mIoU against another row's, on the seeds both ran: the
+    mean of the differences, the larger of the two rows' sds on those seeds, and the seeds each
+    wins."""
     full_by_seed = dict(zip(full["seeds"], full["values"]["testA mIoU"]))
     other_by_seed = dict(zip(other["seeds"], other["values"]["testA mIoU"]))
     seeds = [seed for seed in full["seeds"] if seed in other_by_seed]
@@ -232,13 +236,13 @@ def _comparison(full: dict, other: dict, *, paper_ahead: bool) -> str:
     difference = statistics.fmean(ours) - statistics.fmean(theirs)
     spread = max(_sd(ours) or 0.0, _sd(theirs) or 0.0)
     if difference > spread:
-        verdict = "the full model is ahead by more than the seeds' sd"
+        verdict = f"{model} is ahead by more than the seeds' sd"
     elif difference > 0:
-        verdict = "the full model is ahead, but by less than the seeds' sd"
+        verdict = f"{model} is ahead, but by less than the seeds' sd"
     elif difference >= -spread:
-        verdict = "the full model is not ahead, and the gap is within the seeds' sd"
+        verdict = f"{model} is not ahead, and the gap is within the seeds' sd"
     else:
-        verdict = "the full model is behind by more than the seeds' sd"
+        verdict = f"{model} is behind by more than the seeds' sd"
     if difference <= 0 and paper_ahead:
         verdict += "; in the paper it is ahead"
     wins = sum(a > b for a, b in zip(ours, theirs))
@@ -254,12 +258,16 @@ def trends(rows: dict[str, dict]) -> list[str]:
     if full is None:
         return ["- The full model was not run, so no ordering can be checked."]
     lines = []
-    for name, table in ORDERING:
-        other = rows.get(name)
+    for model, name, table in ORDERING:
+        ours, other = rows.get(model), rows.get(name)
         if other is None:
             lines.append(f"- {name} ({table}): not run.")
-            continue
-        lines.append(f"- Full model against {name} ({table}): {_comparison(full, other, paper_ahead=table.startswith('Table'))}.")
+        elif ours is None:
+            lines.append(f"- {name} ({table}): {model}, its counterpart, not run.")
+        else:
+            label = "the full model" if model == FULL_NAME else model
+            comparison = _comparison(ours, other, paper_ahead=table.startswith("Table"), model=label)
+            lines.append(f"- {'Full model' if model == FULL_NAME else model} against {name} ({table}): {comparison}.")
     nq = sorted(((int(n.split()[2]), r) for n, r in rows.items() if n.startswith("Nq = ") and "," not in n), key=lambda p: p[0])
     if nq:
         best = max(nq, key=lambda p: p[1]["mean"]["testA mIoU"])[0]
@@ -295,6 +303,7 @@ COLUMNS = [
     ("word entropy", "word_attention_entropy", 3),
     ("mask IoU", "query_mask_iou", 3),
     ("score spread", "score_spread", 3),
+    ("score entropy", "score_entropy", 3),
 ]
 
 
@@ -309,7 +318,8 @@ def markdown(found: list[dict]) -> str:
         "command that trains it; it names the rows it lacks and those with fewer seeds than the rest. The",
         "paper's column is RefCOCO+ testA with a pretrained ResNet-50 over 50 epochs: the scale differs,",
         "the direction of each change is what to compare. Metrics in percent; the query diagnostic",
-        "(word entropy, mask IoU, score spread: `mmnet/diagnostics.py`, docs/training.md) on testA.",
+        "(word entropy, mask IoU, score spread, score entropy: `mmnet/diagnostics.py`,",
+        "docs/training.md) on testA.",
         "",
     ]
     if not found:

@@ -138,9 +138,9 @@ def _report(config, experiment: Experiment, timings: dict, dataset: str) -> str:
         "![predictions](predictions.png)",
         "",
         "Each panel: the image, the ground truth (outlined green), the prediction (outlined red) with",
-        "its IoU (and, with the no-target head, its probability that nothing matches), and every query's",
-        "mask with the score the Multi-Query Estimator gave it, best first; the image is dimmed where a",
-        "mask or probability is low.",
+        "its IoU (and, with the no-target head, its probability that nothing matches), and the masks of",
+        "the four queries (or fewer, if the model has fewer) the Multi-Query Estimator scored highest,",
+        "each with its score, best first; the image is dimmed where a mask or probability is low.",
         "",
     ]
     return "\n".join(lines)

@@ -29,7 +29,7 @@ def _settings(train_images: int, epochs: int = 2) -> dict:
 
 def _run(name: str, seed: int, test_a: float, settings: dict, *, jobs: int = 2, threads: int = 1) -> dict:
     split = {"mIoU": test_a, "oIoU": test_a + 1, "Pr@0.5": 0.0}
-    diagnostics = {"word_attention_entropy": 0.5, "query_mask_iou": 0.25, "score_spread": 0.1}
+    diagnostics = {"word_attention_entropy": 0.5, "query_mask_iou": 0.25, "score_spread": 0.1, "score_entropy": 0.9 + seed / 100}
     return {
         "name": name,
         "seed": seed,
@@ -133,6 +133,31 @@ def test_rows_are_compared_on_the_seeds_both_ran(ablations, tmp_path):
     )
     assert expected in page
     assert "Rows with fewer than 3 seeds: Nq = 24, w/o MQE." in page
+
+
+def test_w_o_mmp_at_each_query_number_is_compared_with_its_own_multi_mask_row(ablations, tmp_path):
+    settings = _settings(100)
+    runs = [
+        _run(ablations.FULL_NAME, 0, 20.0, settings),
+        _run(ablations.FULL_NAME, 1, 22.0, settings),
+        _run("Nq = 8", 0, 30.0, settings),
+        _run("Nq = 8", 1, 31.0, settings),
+        _run("Nq = 8, w/o MMP", 0, 33.0, settings),
+        _run("Nq = 8, w/o MMP", 1, 36.0, settings),
+        _run("Nq = 16, w/o MMP", 0, 10.0, settings),
+    ]
+    page = ablations.markdown(ablations.budgets(_write(tmp_path / "runs.jsonl", runs)))
+    # 30.5 against 34.5 on seeds 0 and 1; sds 0.71 and 2.12: 4 behind, more than 2.12
+    assert (
+        "- Nq = 8 against Nq = 8, w/o MMP (Table 3): -4.00 testA mIoU (largest sd of the two 2.12), ahead on 0 of 2 seeds: "
+        "Nq = 8 is behind by more than the seeds' sd; in the paper it is ahead."
+    ) in page
+    assert "- Nq = 16, w/o MMP (Table 3): Nq = 16, its counterpart, not run." in page
+    assert "| score spread | score entropy |" in page
+    # score entropy 0.90 and 0.91 on seeds 0 and 1: mean 0.905, sd 0.007
+    assert f"| {ablations.FULL_NAME} | 2 | 21.00 ± 1.41 |" in page
+    full_line = next(line for line in page.splitlines() if line.startswith(f"| {ablations.FULL_NAME} |"))
+    assert "| 0.100 ± 0.000 | 0.905 ± 0.007 |" in full_line
 
 
 def test_a_gap_within_the_seeds_sd_is_told_apart_from_one_beyond_it(ablations):
