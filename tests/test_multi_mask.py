@@ -145,6 +145,37 @@ def test_full_model_and_without_mmp_are_different_functions():
     assert abs(full - without_mmp) > 5e-3
 
 
+class _Fixed(nn.Module):
+    """Stands in for a part of the model and returns ``value`` (expanded to the batch)."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, *inputs):
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [({}, 0.9167), ({"multi_mask": False}, 0.9241), ({"mask_sum": "logit"}, 0.9241)],
+    ids=["full", "without-mmp", "logit-sum"],
+)
+def test_the_worked_example_holds_through_the_model_decode(changes, expected):
+    """The example above, run through ``MMNet.decode``: the query generator, the decoder and the
+    estimator are fixed to give its queries, its one-pixel F_s and its scores of 1/2."""
+    model = build_tiny(num_queries=2, **changes).eval()
+    model.query_generator = _Fixed((torch.tensor([[[2.0, 0.0], [0.0, 3.0]]]), None))
+    model.decoder = _Fixed(torch.ones(1, 1, 1, 1))
+    model.estimator = _Fixed(torch.full((1, 2), 0.5).log())
+    model.projector = _one_pixel_projector()
+    with torch.no_grad():
+        out = model(random_images(1), tokens_for(TEXTS[:1]))
+    assert out.logits.shape == (1, 1, 1, 1)
+    assert abs(out.logits.sigmoid().item() - expected) < 1e-4
+    assert out.query_masks.flatten().tolist() == ([2.5] if changes.get("multi_mask") is False else [2.0, 3.0])
+
+
 PAPER_TEXT = {"word_logit_scale": None, "init": "pytorch", "estimator_residual": False}
 
 
