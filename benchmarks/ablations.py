@@ -223,16 +223,17 @@ def _cell(row: dict, key: str, digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
 
 
-def _comparison(full: dict, other: dict, *, paper_ahead: bool, model: str = "the full model") -> str:
-    """``model``'s row ``full``'s testA mIoU against another row's, on the seeds both ran: the
-    mean of the differences, the larger of the two rows' sds on those seeds, and the seeds each
-    wins."""
-    full_by_seed = dict(zip(full["seeds"], full["values"]["testA mIoU"]))
+def _comparison(ours: dict, other: dict, *, paper_ahead: bool, model: str = "the full model") -> str:
+    """The testA mIoU of row ``ours`` (named ``model`` in the verdict) against another row's, on
+    the seeds both ran: the mean of the differences, the larger of the two rows' sds on those
+    seeds, and the seeds each wins."""
+    ours_by_seed = dict(zip(ours["seeds"], ours["values"]["testA mIoU"]))
     other_by_seed = dict(zip(other["seeds"], other["values"]["testA mIoU"]))
-    seeds = [seed for seed in full["seeds"] if seed in other_by_seed]
+    seeds = [seed for seed in ours["seeds"] if seed in other_by_seed]
     if not seeds:
         return "no seed in common"
-    ours, theirs = [full_by_seed[s] for s in seeds], [other_by_seed[s] for s in seeds]
+    on = "" if len(seeds) == len(ours["seeds"]) == len(other["seeds"]) else f" on the seeds both ran ({', '.join(map(str, seeds))})"
+    ours, theirs = [ours_by_seed[s] for s in seeds], [other_by_seed[s] for s in seeds]
     difference = statistics.fmean(ours) - statistics.fmean(theirs)
     spread = max(_sd(ours) or 0.0, _sd(theirs) or 0.0)
     if difference > spread:
@@ -246,7 +247,6 @@ def _comparison(full: dict, other: dict, *, paper_ahead: bool, model: str = "the
     if difference <= 0 and paper_ahead:
         verdict += "; in the paper it is ahead"
     wins = sum(a > b for a, b in zip(ours, theirs))
-    on = "" if len(seeds) == len(full["seeds"]) == len(other["seeds"]) else f" on the seeds both ran ({', '.join(map(str, seeds))})"
     return (
         f"{difference:+.2f} testA mIoU{on} (largest sd of the two {spread:.2f}), ahead on {wins} of {len(seeds)} seeds: {verdict}"
     )
@@ -255,19 +255,15 @@ def _comparison(full: dict, other: dict, *, paper_ahead: bool, model: str = "the
 def trends(rows: dict[str, dict]) -> list[str]:
     """Where the paper's ordering holds by more than the seeds' spread, and where not."""
     full = rows.get(FULL_NAME)
-    if full is None:
-        return ["- The full model was not run, so no ordering can be checked."]
     lines = []
     for model, name, table in ORDERING:
-        ours, other = rows.get(model), rows.get(name)
-        if other is None:
-            lines.append(f"- {name} ({table}): not run.")
-        elif ours is None:
-            lines.append(f"- {name} ({table}): {model}, its counterpart, not run.")
+        label = "the full model" if model == FULL_NAME else model
+        pair = f"- {'Full model' if model == FULL_NAME else model} against {name} ({table})"
+        missing = [n for n in (model, name) if n not in rows]
+        if missing:
+            lines.append(f"{pair}: {' and '.join(missing)} not run.")
         else:
-            label = "the full model" if model == FULL_NAME else model
-            comparison = _comparison(ours, other, paper_ahead=table.startswith("Table"), model=label)
-            lines.append(f"- {'Full model' if model == FULL_NAME else model} against {name} ({table}): {comparison}.")
+            lines.append(f"{pair}: {_comparison(rows[model], rows[name], paper_ahead=table.startswith('Table'), model=label)}.")
     nq = sorted(((int(n.split()[2]), r) for n, r in rows.items() if n.startswith("Nq = ") and "," not in n), key=lambda p: p[0])
     if nq:
         best = max(nq, key=lambda p: p[1]["mean"]["testA mIoU"])[0]
@@ -277,7 +273,7 @@ def trends(rows: dict[str, dict]) -> list[str]:
             + f"; the best here is Nq = {best}, the paper's is 24."
         )
     blind = rows.get("text-blind control")
-    if blind is not None:
+    if blind is not None and full is not None:
         worth = full["mean"]["testA mIoU"] - blind["mean"]["testA mIoU"]
         lines.append(
             f"- Text-blind control: {blind['mean']['testA mIoU']:.2f} testA mIoU against {full['mean']['testA mIoU']:.2f} "

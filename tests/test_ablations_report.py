@@ -152,7 +152,11 @@ def test_w_o_mmp_at_each_query_number_is_compared_with_its_own_multi_mask_row(ab
         "- Nq = 8 against Nq = 8, w/o MMP (Table 3): -4.00 testA mIoU (largest sd of the two 2.12), ahead on 0 of 2 seeds: "
         "Nq = 8 is behind by more than the seeds' sd; in the paper it is ahead."
     ) in page
-    assert "- Nq = 16, w/o MMP (Table 3): Nq = 16, its counterpart, not run." in page
+    assert "- Nq = 16 against Nq = 16, w/o MMP (Table 3): Nq = 16 not run." in page
+    assert "- Full model against Nq = 24, w/o MQE (Table 4): Nq = 24, w/o MQE not run." in page
+    without_full = ablations.markdown(ablations.budgets(_write(tmp_path / "no_full.jsonl", runs[2:])))
+    assert "- Nq = 8 against Nq = 8, w/o MMP (Table 3): -4.00 testA mIoU" in without_full
+    assert f"- Full model against Nq = 1 (Table 2): {ablations.FULL_NAME} and Nq = 1 not run." in without_full
     assert "| score spread | score entropy |" in page
     # score entropy 0.90 and 0.91 on seeds 0 and 1: mean 0.905, sd 0.007
     assert f"| {ablations.FULL_NAME} | 2 | 21.00 ± 1.41 |" in page

@@ -146,7 +146,7 @@ def test_full_model_and_without_mmp_are_different_functions():
 
 
 class _Fixed(nn.Module):
-    """Stands in for a part of the model and returns ``value`` (expanded to the batch)."""
+    """Stands in for a part of the model and returns ``value``, whatever its inputs."""
 
     def __init__(self, value):
         super().__init__()
@@ -157,23 +157,33 @@ class _Fixed(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "changes, expected",
-    [({}, 0.9167), ({"multi_mask": False}, 0.9241), ({"mask_sum": "logit"}, 0.9241)],
-    ids=["full", "without-mmp", "logit-sum"],
+    "changes, scores, expected, without_mmp_mask",
+    [
+        ({}, (0.5, 0.5), 0.9167, None),
+        ({"multi_mask": False}, (0.5, 0.5), 0.9241, 2.5),
+        ({"mask_sum": "logit"}, (0.5, 0.5), 0.9241, None),
+        # scores 1/4 and 3/4: full 0.25 sigmoid(2) + 0.75 sigmoid(3) = 0.9346; w/o MMP: one query
+        # (0.5, 2.25), logit 2.75, as the logit sum 0.25 x 2 + 0.75 x 3: sigmoid(2.75) = 0.9399
+        ({}, (0.25, 0.75), 0.9346, None),
+        ({"multi_mask": False}, (0.25, 0.75), 0.9399, 2.75),
+        ({"mask_sum": "logit"}, (0.25, 0.75), 0.9399, None),
+    ],
+    ids=["full", "without-mmp", "logit-sum", "full-unequal", "without-mmp-unequal", "logit-sum-unequal"],
 )
-def test_the_worked_example_holds_through_the_model_decode(changes, expected):
+def test_the_worked_example_holds_through_the_model_decode(changes, scores, expected, without_mmp_mask):
     """The example above, run through ``MMNet.decode``: the query generator, the decoder and the
-    estimator are fixed to give its queries, its one-pixel F_s and its scores of 1/2."""
+    estimator are fixed to give its queries, its one-pixel F_s and its scores."""
     model = build_tiny(num_queries=2, **changes).eval()
     model.query_generator = _Fixed((torch.tensor([[[2.0, 0.0], [0.0, 3.0]]]), None))
     model.decoder = _Fixed(torch.ones(1, 1, 1, 1))
-    model.estimator = _Fixed(torch.full((1, 2), 0.5).log())
+    model.estimator = _Fixed(torch.tensor([scores]).log())
     model.projector = _one_pixel_projector()
     with torch.no_grad():
         out = model(random_images(1), tokens_for(TEXTS[:1]))
     assert out.logits.shape == (1, 1, 1, 1)
     assert abs(out.logits.sigmoid().item() - expected) < 1e-4
-    assert out.query_masks.flatten().tolist() == ([2.5] if changes.get("multi_mask") is False else [2.0, 3.0])
+    assert out.query_masks.flatten().tolist() == ([without_mmp_mask] if without_mmp_mask else [2.0, 3.0])
+    torch.testing.assert_close(out.query_scores, torch.tensor([scores]))
 
 
 PAPER_TEXT = {"word_logit_scale": None, "init": "pytorch", "estimator_residual": False}
@@ -251,4 +261,4 @@ def test_he_initialisation_of_the_heads():
     assert attention.weight.abs().max() <= bound and attention.weight.abs().max() > 0.9 * bound
     assert torch.all(attention.bias == 0)
     default = build_tiny(num_queries=4, init="pytorch").query_generator.proj_a[0]
-    assert default.weight.std() < 0.7 * linear.weight.std()  # PyTorch's draws a sixth of He's variance: std ratio 0.41
+    assert default.weight.std() < 0.7 * linear.weight.std()  # PyTorch's default draws a sixth of He's variance: std ratio 0.41

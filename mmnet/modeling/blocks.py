@@ -26,8 +26,9 @@ def he_init(module: nn.Module) -> None:
     ``module``, Xavier for the attention projections; batch norms keep weight 1 and bias 0.
 
     The paper gives no initialisation. PyTorch's default draws weights with a sixth of He's
-    variance (1 / (3 fan_in) against 2 / fan_in), which shrinks each layer's output and leaves the query generator's and the
-    estimator's outputs alike across words and queries (docs/model.md has the figures).
+    variance (1 / (3 fan_in) against 2 / fan_in), which shrinks each layer's output and leaves
+    the query generator's and the estimator's outputs alike across words and queries
+    (docs/model.md has the figures).
     """
     for sub in module.modules():
         if isinstance(sub, (nn.Linear, nn.Conv2d)):
