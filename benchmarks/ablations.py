@@ -133,13 +133,11 @@ def budgets(runs_file: Path) -> list[dict]:
     of rows it holds that RUNS no longer defines."""
     known = [name for name, _, _ in RUNS]
     found = []
-    for key, group in runs_by_settings(runs_file).items():
-        if key == "null":  # a record without settings belongs to no budget
-            continue
+    for group in runs_by_settings(runs_file).values():
         kept = {run: result for run, result in group.items() if run[0] in known}
-        if not kept:
+        settings = next(iter(kept.values())).get("settings") if kept else None
+        if settings is None:  # no run of a known row, or records without settings: no budget
             continue
-        settings = next(iter(kept.values()))["settings"]
         seeds = sorted({seed for _, seed in kept})
         names = [name for name in known if any((name, seed) in kept for seed in seeds)]
         machines = []
